@@ -1,0 +1,35 @@
+# Two commands set everything up on a fresh machine:
+#   make serve   install the API and start it on its embedded defaults
+#   make test    install everything (model + training stacks, CPU torch) and run the suite
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+HOST   ?= 127.0.0.1
+PORT   ?= 8080
+PYTEST_ARGS ?=
+
+.PHONY: serve test install install-test bench clean
+
+$(PY):
+	python3 -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+
+install: $(PY)
+	$(PIP) install -q -e .
+
+# torch first, pinned, so pip takes the CPU wheel on disk instead of a CUDA download.
+install-test: $(PY)
+	$(PIP) install -q torch==2.13.0
+	$(PIP) install -q -e '.[test]'
+
+serve: install
+	$(VENV)/bin/triage serve --host $(HOST) --port $(PORT)
+
+test: install-test
+	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+
+bench: install-test
+	for b in bench/*.py; do $(PY) $$b || exit 1; done
+
+clean:
+	rm -rf $(VENV) .pytest_cache build *.egg-info

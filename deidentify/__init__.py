@@ -1,0 +1,1 @@
+"""De-identification: HIPAA Safe Harbor for FHIR and free text; the only maker of DeidentifiedRecord."""

@@ -1,0 +1,1 @@
+"""Clinical recognizers in the Presidio style: one PatternRecognizer subclass per file."""

@@ -1,0 +1,1 @@
+"""Triage model layer: acuity scale, rules, reports, prompts, engine, queue, datasets, training."""
