@@ -1,0 +1,117 @@
+"""Service settings: every one comes from a `TRIAGE_*` environment variable with a documented default.
+
+`app.config` keys are the environment variable names themselves, so an operator, a test's
+`test_config` and the code all say the same thing. `triage serve --help` and the README list them
+from `SETTINGS`.
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+
+class SettingsError(ValueError):
+    """A `TRIAGE_*` variable holds a value that cannot be parsed (message names the variable only)."""
+
+
+def _bool(raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in {"1", "true", "yes", "on"}:
+        return True
+    if value in {"", "0", "false", "no", "off"}:
+        return False
+    raise ValueError("expected 1/0, true/false, yes/no or on/off")
+
+
+def _positive_int(raw: str) -> int:
+    value = int(raw.strip())
+    if value <= 0:
+        raise ValueError("must be a positive integer")
+    return value
+
+
+def _positive_float(raw: str) -> float:
+    value = float(raw.strip())
+    if not value > 0:
+        raise ValueError("must be a positive number")
+    return value
+
+
+def _str(raw: str) -> str | None:
+    return raw.strip() or None
+
+
+@dataclass(frozen=True)
+class Setting:
+    name: str  # the environment variable and the app.config key
+    default: Any
+    parse: Callable[[str], Any]
+    help: str
+
+
+MIB = 1024 * 1024
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("TRIAGE_DATABASE_URL", None, _str,
+            "SQLAlchemy URL of the card/feedback store. Default: a SQLite file `triage.sqlite` in the "
+            "app's instance folder. PostgreSQL: postgresql+psycopg://user@host/db."),
+    Setting("TRIAGE_INSECURE_NO_AUTH", False, _bool,
+            "1 turns off the CDS Hooks client JWT check (development only; logs a warning)."),
+    Setting("TRIAGE_CLIENTS_FILE", None, _str,
+            "JSON or YAML file listing trusted CDS clients: `iss` plus `jwks_url` or inline `jwks`."),
+    Setting("TRIAGE_PUBLIC_BASE_URL", None, _str,
+            "Public base URL (scheme://host[:port][/prefix]) used to build the exact JWT `aud`; "
+            "default: the URL the request arrived on."),
+    Setting("TRIAGE_JTI_REDIS_URL", None, _str,
+            "Redis URL of the shared JWT `jti` replay store; default: in-process memory."),
+    Setting("TRIAGE_MAX_BODY_BYTES", 5 * MIB, _positive_int,
+            "Largest accepted request body in bytes (larger: 413). Default 5 MiB."),
+    Setting("TRIAGE_FHIR_TIMEOUT_S", 3.0, _positive_float,
+            "Timeout in seconds of each call to the EHR's FHIR server (connect and read)."),
+    Setting("TRIAGE_STALE_VITALS_HOURS", 24.0, _positive_float,
+            "Vital signs older than this many hours are flagged stale on the card."),
+    Setting("TRIAGE_PSEUDONYM_KEY_FILE", None, _str,
+            "File holding the secret pseudonym (HMAC) key. Default: the service makes one in its "
+            "instance folder and keeps it (with a warning: demo only)."),
+    Setting("TRIAGE_HOOK_DEADLINE_MS", 450, _positive_int,
+            "Deadline of one hook call in milliseconds; the rules card is always returned within it."),
+    Setting("TRIAGE_BROKER_URL", None, _str,
+            "Celery broker URL of the AI report queue (not used until the AI card lands)."),
+    Setting("TRIAGE_MODEL_PATH", None, _str,
+            "Path of the base model + LoRA adapter used by the GPU workers (AI card, later)."),
+    Setting("TRIAGE_CORS_ORIGINS", "*", _str,
+            "Comma-separated origins allowed by CORS (browser clients such as the CDS Hooks sandbox)."),
+    Setting("TRIAGE_INSTANCE_DIR", None, _str,
+            "Instance folder (default SQLite file, demo pseudonym key). Default: Flask's instance "
+            "folder of the package."),
+    Setting("TRIAGE_LOG_LEVEL", "INFO", _str, "Log level of the service (DEBUG, INFO, WARNING...)."),
+)
+
+_BY_NAME = {s.name: s for s in SETTINGS}
+
+
+def load_settings(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """Defaults overridden by the environment. Raises SettingsError naming the bad variable."""
+    environ = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    for setting in SETTINGS:
+        raw = environ.get(setting.name)
+        if raw is None:
+            values[setting.name] = setting.default
+            continue
+        try:
+            values[setting.name] = setting.parse(raw)
+        except ValueError as exc:
+            raise SettingsError(f"{setting.name}: {exc}") from None
+    return values
+
+
+def describe() -> str:
+    """One line per setting, for --help texts and docs."""
+    return "\n".join(f"{s.name} (default: {s.default!r}): {s.help}" for s in SETTINGS)
+
+
+def default_for(name: str) -> Any:
+    return _BY_NAME[name].default
