@@ -46,6 +46,10 @@ class ConditionEntry:
     recorded: datetime | None
     notes: tuple[str, ...] = ()
 
+    @property
+    def active(self) -> bool:
+        return self.clinical_status in ("active", "recurrence", "relapse")
+
 
 @dataclass(frozen=True)
 class AllergyEntry:
@@ -116,6 +120,7 @@ class ParseStats:
     parsed: int = 0
     skipped: int = 0
     skipped_by_type: dict[str, int] = field(default_factory=dict)
+    ignored: int = 0  # entries of types a PatientRecord does not use: not validated, not errors
 
 
 @dataclass(frozen=True)
