@@ -20,6 +20,7 @@ from werkzeug.exceptions import HTTPException
 
 from cds_hooks import auth, store
 from cds_hooks.config import load_settings
+from cds_hooks.errors import ApiError, PreconditionFailed  # noqa: F401 (re-exported)
 from cds_hooks.schemas import HookRequest, ValidationError, to_wire, validation_summary
 from cds_hooks.services import REGISTRY, Registry
 
@@ -29,21 +30,6 @@ access_log = logging.getLogger("cds_hooks.access")
 api = Blueprint("cds_services", __name__)
 
 JSON_MIMETYPES = {"application/json"}
-
-
-class ApiError(Exception):
-    """An error whose message we wrote ourselves and that is safe to send back."""
-
-    def __init__(self, status: int, error: str, message: str | None = None) -> None:
-        super().__init__(message or error)
-        self.status = status
-        self.error = error
-        self.message = message
-
-
-class PreconditionFailed(ApiError):
-    def __init__(self, message: str) -> None:
-        super().__init__(412, "precondition_failed", message)
 
 
 def create_app(test_config: dict[str, Any] | None = None) -> Flask:

@@ -1,0 +1,117 @@
+"""The patient-view pipeline: validated request -> prefetch -> record -> de-identify -> rules -> cards.
+
+PHI exists only between `build_record` and `Deidentifier.record`; from the rules on, everything
+(the card, the database row, the logs) sees the `DeidentifiedRecord` alone.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from typing import TYPE_CHECKING, Any
+
+from cds_hooks.cards import rules_card
+from cds_hooks.errors import PreconditionFailed
+from cds_hooks.schemas import HookRequest, HookResponse, PatientViewContext
+from cds_hooks.store import CardLog, Store, get_store
+from deidentify import Deidentifier
+from deidentify.pseudonym import demo_key, load_key
+from fhir_adapter.client import PrefetchUnavailable, resolve_prefetch
+from fhir_adapter.extract import build_record
+from model.rules import RulesConfig, score_record
+
+if TYPE_CHECKING:
+    from flask import Flask
+
+    from cds_hooks.services import Service
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Runtime:
+    """What every hook call shares, built once per app (per gunicorn worker)."""
+
+    deidentifier: Deidentifier
+    rules_config: RulesConfig
+    store: Store
+    fhir_timeout_s: float
+    deadline_ms: int
+
+    @classmethod
+    def from_app(cls, app: Flask) -> Runtime:
+        cfg = app.config
+        key_file = cfg.get("TRIAGE_PSEUDONYM_KEY_FILE")
+        if key_file:
+            key = load_key(key_file)
+        else:
+            log.warning(
+                "TRIAGE_PSEUDONYM_KEY_FILE is not set: using the demo pseudonym key kept in the "
+                "instance folder (demo only; set a managed key in production)"
+            )
+            key = demo_key(app.instance_path)
+        return cls(
+            deidentifier=Deidentifier(key),
+            rules_config=RulesConfig(stale_after=timedelta(hours=float(cfg["TRIAGE_STALE_VITALS_HOURS"]))),
+            store=get_store(app),
+            fhir_timeout_s=float(cfg["TRIAGE_FHIR_TIMEOUT_S"]),
+            deadline_ms=int(cfg["TRIAGE_HOOK_DEADLINE_MS"]),
+        )
+
+
+def patient_view(
+    request: HookRequest,
+    context: PatientViewContext,
+    runtime: Runtime,
+    service: Service,
+    *,
+    now: datetime | None = None,
+) -> HookResponse:
+    """Answer one patient-view call with the rules card (logged before it is returned)."""
+    now = now or datetime.now(timezone.utc)
+    context_values: dict[str, Any] = context.model_dump(exclude_none=True)
+    # The FHIR fetch may not eat the whole hook deadline: connect and read each get at most it.
+    timeout = min(runtime.fhir_timeout_s, runtime.deadline_ms / 1000)
+    try:
+        resolved = resolve_prefetch(
+            request.prefetch,
+            context_values,
+            request.fhirServer,
+            request.bearer_token,
+            timeout=(timeout, timeout),
+            templates=service.prefetch,
+            required=service.required_prefetch,
+        )
+    except PrefetchUnavailable as exc:
+        raise PreconditionFailed(
+            "required FHIR data is missing and could not be fetched from fhirServer: " + ", ".join(exc.keys)
+        ) from None
+    record = build_record(resolved.data, as_of=now, encounter_id=context.encounterId)
+    deidentified = runtime.deidentifier.record(record)
+    del record  # no PHI past this point
+    result = score_record(deidentified, runtime.rules_config)
+    card = rules_card(
+        result,
+        as_of=deidentified.as_of,
+        skipped=deidentified.stats.skipped,
+        stale_after=runtime.rules_config.stale_after,
+    )
+    runtime.store.log_cards(
+        [
+            CardLog(
+                uuid=card.uuid,
+                service_id=service.id,
+                hook_instance=request.hookInstance,
+                kind="rules",
+                indicator=card.indicator,
+                summary=card.summary,
+                rule_inputs=result.to_dict(),
+                acuity=int(result.acuity) if result.acuity is not None else None,
+                patient_pseudonym=deidentified.pseudonym,
+                created_at=now,
+            )
+        ]
+    )
+    if deidentified.stats.skipped:
+        log.info("hookInstance=%s: %d FHIR entries skipped as invalid", request.hookInstance, deidentified.stats.skipped)
+    return HookResponse(cards=[card])
