@@ -17,3 +17,13 @@ REDIS_URL = os.environ.get("TRIAGE_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 def shared_data() -> Path:
     assert DATA.is_dir(), f"test data not found at {DATA}"
     return DATA
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir() -> Path:
+    """The tiny gpt-oss model, built once and cached under .tiny-model/<hash of its code>."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    from model.tiny import cached_tiny_model
+
+    return cached_tiny_model(ROOT / ".tiny-model")
