@@ -381,8 +381,9 @@ def _document_texts(doc: Any) -> list[str]:
         if ctype not in ("text/plain", ""):
             continue
         try:
-            raw = att.data if isinstance(att.data, bytes) else str(att.data).encode()
-            text = base64.b64decode(raw, validate=False).decode("utf-8", errors="replace")
+            # fhir.resources decodes base64Binary to bytes on validation; a str is still encoded.
+            raw = att.data if isinstance(att.data, bytes) else base64.b64decode(str(att.data), validate=False)
+            text = raw.decode("utf-8", errors="replace")
         except (binascii.Error, ValueError):
             log.warning("skipped a DocumentReference attachment that is not base64")
             continue

@@ -113,7 +113,8 @@ def serve_fhir(
     app = _App(list(resources), page_size, require_token)
     server = make_server("127.0.0.1", 0, app, threaded=True, request_handler=_QuietHandler)
     app.base_url = f"http://127.0.0.1:{server.server_port}"
-    thread = threading.Thread(target=server.serve_forever, name="fhir-test-server", daemon=True)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
+                              name="fhir-test-server", daemon=True)
     thread.start()
     url = ServerUrl(app.base_url)
     url.requests = app.seen
