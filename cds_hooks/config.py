@@ -39,6 +39,13 @@ def _positive_float(raw: str) -> float:
     return value
 
 
+def _non_negative_float(raw: str) -> float:
+    value = float(raw.strip())
+    if not value >= 0:
+        raise ValueError("must be a number >= 0")
+    return value
+
+
 def _str(raw: str) -> str | None:
     return raw.strip() or None
 
@@ -66,6 +73,12 @@ SETTINGS: tuple[Setting, ...] = (
             "default: the URL the request arrived on."),
     Setting("TRIAGE_JTI_REDIS_URL", None, _str,
             "Redis URL of the shared JWT `jti` replay store; default: in-process memory."),
+    Setting("TRIAGE_JWT_LEEWAY_S", 30.0, _non_negative_float,
+            "Clock leeway in seconds when checking JWT `exp`/`iat`/`nbf`."),
+    Setting("TRIAGE_JWKS_MIN_REFRESH_S", 30.0, _non_negative_float,
+            "Least seconds between two fetches of a client's `jwks_url` (refresh on unknown `kid`)."),
+    Setting("TRIAGE_JWKS_CACHE_S", 3600.0, _non_negative_float,
+            "Seconds a fetched JWK Set is cached."),
     Setting("TRIAGE_MAX_BODY_BYTES", 5 * MIB, _positive_int,
             "Largest accepted request body in bytes (larger: 413). Default 5 MiB."),
     Setting("TRIAGE_FHIR_TIMEOUT_S", 3.0, _positive_float,

@@ -44,11 +44,15 @@ def _check_bindable(host: str, port: int) -> None:
 
 def _build_app() -> Any:
     from cds_hooks.app import create_app
+    from cds_hooks.auth import AuthConfigError
+    from deidentify.pseudonym import MissingKeyError
 
     try:
         return create_app()
     except SettingsError as exc:
         raise click.ClickException(f"bad setting {exc}") from None
+    except (AuthConfigError, MissingKeyError) as exc:
+        raise click.ClickException(str(exc).replace("\n", " ")) from None
 
 
 def _gunicorn_app(options: dict[str, Any]) -> Any:
