@@ -150,8 +150,8 @@ def _register_error_handlers(app: Flask) -> None:
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception) -> Response:
         error_id = uuid.uuid4().hex
-        # Type and frames only: exception messages may quote PHI from the request.
-        frames = "".join(traceback.format_tb(exc.__traceback__))
+        # Type and frame locations only: messages (and source lines) may quote request data.
+        frames = "\n".join(f"  {f.filename}:{f.lineno} in {f.name}" for f in traceback.extract_tb(exc.__traceback__))
         log.error("unhandled %s error_id=%s\n%s", type(exc).__name__, error_id, frames)
         return _error(500, {"error": "internal_error", "errorId": error_id})
 
