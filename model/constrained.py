@@ -1,0 +1,201 @@
+"""JSON-Schema-constrained decoding of the harmony `final` channel with xgrammar.
+
+xgrammar compiles the schema into a token mask; this module adds what the mask alone gets wrong
+for our reports, each checked by tests:
+
+* **Control characters.** xgrammar's length-bounded strings (`maxLength`) accept any byte but
+  `"`, `\\`, CR and LF, so a byte-level tokenizer can put raw control characters (\\x01, tab) in a
+  JSON string, which JSON forbids. Compact JSON needs no control byte anywhere, so every token
+  holding one is masked.
+* **`pattern` with `minLength`/`maxLength`.** xgrammar ignores the lengths when both are present
+  and crashes on regex repetitions above 128 (`{1,400}`). The grammar is built from a copy of the
+  schema without those patterns; the control-byte mask enforces what they said.
+* **Blank strings.** The report model strips strings before `min_length=1`, so `" "` is invalid.
+  While a string is still blank, tokens that would keep it blank (spaces) or close it are masked:
+  no string value is ever blank.
+* **Budget.** An untrained model rarely closes a string or a list by itself. When the remaining
+  token budget falls under a reserve, closing tokens get a large bonus so the JSON completes
+  inside `max_new_tokens` (a shortened but valid report) instead of being cut off.
+
+One `JsonSchemaLogitsProcessor` serves one `generate()` call, with one matcher per batch row.
+"""
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import xgrammar as xgr
+from transformers import LogitsProcessor, PreTrainedTokenizerBase
+
+_CLOSE_BONUS = 1.0e4  # beats any real logit gap, stays finite so masks still win
+_LENGTH_BONUS = 10.0  # in closing mode, longer forced tokens finish keys sooner
+
+
+def grammar_schema(schema: dict[str, Any]) -> dict[str, Any]:
+    """Copy of `schema` that xgrammar compiles correctly (see module notes)."""
+    def walk(node: Any) -> Any:
+        if isinstance(node, dict):
+            out = {k: walk(v) for k, v in node.items()}
+            if out.get("type") == "string" and "pattern" in out and ({"minLength", "maxLength"} & out.keys()):
+                del out["pattern"]
+            return out
+        if isinstance(node, list):
+            return [walk(v) for v in node]
+        return node
+
+    return walk(copy.deepcopy(schema))
+
+
+class ReportGrammar:
+    """A schema compiled once for a tokenizer; makes a fresh logits processor per generate call."""
+
+    def __init__(
+        self,
+        tokenizer: PreTrainedTokenizerBase,
+        schema: dict[str, Any],
+        *,
+        vocab_size: int,
+        stop_token_ids: Sequence[int],
+    ) -> None:
+        self.stop_token_ids = list(stop_token_ids)
+        self.info = xgr.TokenizerInfo.from_huggingface(
+            tokenizer, vocab_size=vocab_size, stop_token_ids=self.stop_token_ids
+        )
+        compiler = xgr.GrammarCompiler(self.info)
+        self.compiled = compiler.compile_json_schema(
+            json.dumps(grammar_schema(schema)), any_whitespace=False, separators=(",", ":"), strict_mode=True
+        )
+        self.vocab_size = vocab_size
+        special = set(self.info.special_token_ids) | set(self.stop_token_ids)
+        self.token_bytes: list[bytes] = [
+            b"" if i in special else bytes(b) for i, b in enumerate(self.info.decoded_vocab)
+        ] + [b""] * max(0, vocab_size - len(self.info.decoded_vocab))
+
+        def mask(pred) -> torch.Tensor:
+            return torch.tensor([bool(b) and pred(b) for b in self.token_bytes], dtype=torch.bool)
+
+        self.control = mask(lambda b: any(x < 0x20 for x in b))
+        self.starts_quote = mask(lambda b: b[:1] == b'"')
+        self.starts_close = mask(lambda b: b[:1] in (b"]", b"}"))
+        self.keeps_blank = mask(lambda b: b.split(b'"', 1)[0].strip(b" ") == b"")
+        self.length = torch.tensor([float(len(b)) for b in self.token_bytes])
+
+    def logits_processor(self, max_new_tokens: int, *, closing_reserve: int = 0) -> JsonSchemaLogitsProcessor:
+        return JsonSchemaLogitsProcessor(self, max_new_tokens=max_new_tokens, closing_reserve=closing_reserve)
+
+
+@dataclass
+class _Row:
+    matcher: xgr.GrammarMatcher
+    failed: str | None = None
+    in_string: bool = False
+    escaped: bool = False
+    string_bytes: bytearray = field(default_factory=bytearray)
+
+    def scan(self, data: bytes) -> None:
+        """Track whether the JSON text so far ends inside a string (the grammar keeps it valid)."""
+        for byte in data:
+            if not self.in_string:
+                if byte == 0x22:
+                    self.in_string, self.string_bytes = True, bytearray()
+            elif self.escaped:
+                self.escaped = False
+                self.string_bytes.append(byte)
+            elif byte == 0x5C:
+                self.escaped = True
+                self.string_bytes.append(byte)
+            elif byte == 0x22:
+                self.in_string = False
+            else:
+                self.string_bytes.append(byte)
+
+    @property
+    def blank_string(self) -> bool:
+        return self.in_string and self.string_bytes.strip(b" ") == b""
+
+
+class JsonSchemaLogitsProcessor(LogitsProcessor):
+    """Masks logits to the grammar, row by row; rows that finish or fail are forced to stop."""
+
+    def __init__(self, grammar: ReportGrammar, *, max_new_tokens: int, closing_reserve: int = 0) -> None:
+        self.grammar = grammar
+        self.max_new_tokens = max_new_tokens
+        self.closing_reserve = closing_reserve
+        self.rows: list[_Row] = []
+        self.steps = 0
+        self.closing_steps = 0
+        self._bitmask: torch.Tensor | None = None
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        g = self.grammar
+        batch = input_ids.shape[0]
+        if not self.rows:
+            self.rows = [_Row(xgr.GrammarMatcher(g.compiled)) for _ in range(batch)]
+            self._bitmask = xgr.allocate_token_bitmask(batch, g.vocab_size)
+        elif batch != len(self.rows):
+            raise RuntimeError(f"batch changed from {len(self.rows)} to {batch} rows; use one processor per call")
+        else:
+            for i, row in enumerate(self.rows):
+                if row.failed is None and not row.matcher.is_terminated():
+                    token = int(input_ids[i, -1])
+                    if row.matcher.accept_token(token):
+                        row.scan(g.token_bytes[token] if token < len(g.token_bytes) else b"")
+                    else:
+                        row.failed = f"token {token} rejected by the grammar"
+
+        work = scores.float().cpu()
+        vocab = min(work.shape[1], g.vocab_size)
+        closing = self.max_new_tokens - self.steps <= self.closing_reserve
+        self.closing_steps += int(closing)
+        neg_inf = torch.finfo(work.dtype).min
+        for i, row in enumerate(self.rows):
+            if row.failed is not None or row.matcher.is_terminated():
+                work[i] = neg_inf
+                work[i, g.stop_token_ids[0]] = 0.0
+                continue
+            row.matcher.fill_next_token_bitmask(self._bitmask, i)
+        xgr.apply_token_bitmask_inplace(work, self._bitmask, vocab_size=vocab)
+        for i, row in enumerate(self.rows):
+            if row.failed is not None or row.matcher.is_terminated():
+                continue
+            allowed = work[i, :vocab] > neg_inf
+            extra = g.control[:vocab].clone()
+            if row.blank_string:
+                extra |= g.keeps_blank[:vocab]
+            if (allowed & ~extra).any():
+                work[i, :vocab][extra] = neg_inf
+            if work.shape[1] > vocab:
+                work[i, vocab:] = neg_inf
+            if not (work[i] > neg_inf).any():
+                row.failed = "no token allowed"
+                work[i, g.stop_token_ids[0]] = 0.0
+                continue
+            if closing:
+                prefer = g.starts_quote[:vocab] if row.in_string else g.starts_close[:vocab]
+                bonus = prefer.float() * _CLOSE_BONUS + g.length[:vocab] * _LENGTH_BONUS
+                live = work[i, :vocab] > neg_inf
+                work[i, :vocab][live] += bonus[live]
+        self.steps += 1
+        return work.to(device=scores.device, dtype=scores.dtype)
+
+    def finish(self, new_tokens: torch.Tensor) -> list[tuple[bool, str | None]]:
+        """(complete, failure) per row after generate: feeds each row the last token it sampled.
+
+        `new_tokens` is the generated part only (batch x steps); generate never calls the
+        processor after the last step, so that token has not been seen yet.
+        """
+        if not self.rows:
+            return [(False, "no token generated")] * int(new_tokens.shape[0])
+        out: list[tuple[bool, str | None]] = []
+        for i, row in enumerate(self.rows):
+            if row.failed is None and not row.matcher.is_terminated() and new_tokens.shape[1] == self.steps:
+                token = int(new_tokens[i, -1])
+                if not row.matcher.accept_token(token):
+                    row.failed = f"token {token} rejected by the grammar"
+            complete = row.failed is None and row.matcher.is_terminated()
+            out.append((complete, row.failed if row.failed else None if complete else "token budget ran out"))
+        return out
