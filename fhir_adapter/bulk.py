@@ -19,7 +19,7 @@ import tempfile
 from array import array
 from collections import OrderedDict
 from collections.abc import Callable, Collection, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -392,7 +392,9 @@ def iter_patients(
         yield from reader.iter_patients()
 
 
-def iter_resources(path: str | Path, *, on_bad_line: Callable[[BadLine], None] | None = None) -> Iterator[dict[str, Any]]:
+def iter_resources(
+    path: str | Path, *, on_bad_line: Callable[[BadLine], None] | None = None
+) -> Iterator[dict[str, Any]]:
     """Stream every resource of an export or Bundle folder as plain dicts."""
     with BulkReader(path, on_bad_line=on_bad_line) as reader:
         yield from reader.iter_resources()

@@ -96,7 +96,8 @@ class FhirClient:
         except ValueError:
             body = None
         if resp.status_code >= 400:
-            issues = outcome_summary(body) if isinstance(body, dict) and body.get("resourceType") == "OperationOutcome" else ()
+            is_outcome = isinstance(body, dict) and body.get("resourceType") == "OperationOutcome"
+            issues = outcome_summary(body) if is_outcome else ()
             log.warning("FHIR %s answered HTTP %d", what, resp.status_code)
             cls = FhirUnavailable if resp.status_code in (502, 503, 504) else FhirError
             raise cls(f"{what}: HTTP {resp.status_code}" + (f" ({', '.join(issues)})" if issues else ""),

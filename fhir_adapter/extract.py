@@ -451,7 +451,8 @@ def record_from_resources(
         if in_window(c.onset or c.recorded)
     )
     allergies = tuple(_allergy(a) for a in by_type.get("AllergyIntolerance", ())
-                      if _concept_code(a.verificationStatus) != "entered-in-error" and in_window(to_datetime(a.recordedDate)))
+                      if _concept_code(a.verificationStatus) != "entered-in-error"
+                      and in_window(to_datetime(a.recordedDate)))
     medications_by_id = {f"Medication/{m.id}": m for m in by_type.get("Medication", ()) if m.id}
     medications = tuple(
         _medication(m, medications_by_id) for m in by_type.get("MedicationRequest", ())
@@ -462,7 +463,8 @@ def record_from_resources(
         enc = next((e for e in by_type.get("Encounter", ()) if e.id == encounter_id), None)
         encounter = _encounter(enc) if enc is not None else None
     notes: list[str] = []
-    docs = [d for d in by_type.get("DocumentReference", ()) if d.status != "entered-in-error" and in_window(_doc_time(d))]
+    docs = [d for d in by_type.get("DocumentReference", ())
+            if d.status != "entered-in-error" and in_window(_doc_time(d))]
     docs.sort(key=lambda d: _doc_time(d) or _MIN_DT)
     for doc in docs:
         notes.extend(_document_texts(doc))
@@ -497,7 +499,8 @@ def build_record(
             continue
         models.extend(parse_many(bundle_entries(value), stats=counter))
     patient = data.get("patient")
-    patient_id = patient.get("id") if isinstance(patient, Mapping) and patient.get("resourceType") == "Patient" else None
+    is_patient = isinstance(patient, Mapping) and patient.get("resourceType") == "Patient"
+    patient_id = patient.get("id") if is_patient else None
     enc = data.get("encounter")
     if encounter_id is None and isinstance(enc, Mapping) and enc.get("resourceType") == "Encounter":
         encounter_id = enc.get("id")

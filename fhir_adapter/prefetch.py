@@ -244,5 +244,6 @@ def prefetch_from_resources(
     A read that finds nothing gives JSON null ("no data"), like an EHR that has none.
     """
     if isinstance(resources, Mapping):
-        resources = resolve_bundle_references(resources) if resources.get("resourceType") == "Bundle" else [dict(resources)]
+        is_bundle = resources.get("resourceType") == "Bundle"
+        resources = resolve_bundle_references(resources) if is_bundle else [dict(resources)]
     return {key: run_query(resources, query) for key, query in render_prefetch(context, templates).items()}
