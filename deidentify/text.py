@@ -1,0 +1,243 @@
+"""Free-text scrubbing: Presidio analysis + clinical recognizers + the record's own identifiers.
+
+    scrubber = TextScrubber()
+    result = scrubber.scrub(note, known=KnownIdentifiers.from_identity(identity), date_shift_days=-41)
+    result.text   # "[NAME] was seen on 2020-01-03 ..."
+    result.spans  # [Span(start, end, entity_type, score)], offsets into the ORIGINAL text
+
+`scrub_many` runs spaCy once over a batch with `nlp.pipe`. Lines written in ALL CAPITALS get a
+second NER pass on a case-normalised copy (same length, so offsets map back one to one).
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Iterable, Literal, Sequence
+
+import regex
+from presidio_analyzer import AnalyzerEngine, RecognizerResult
+
+from deidentify.known import KnownIdentifiers
+from deidentify.operators import Surrogates, placeholder, shift_date_text
+
+Mode = Literal["placeholder", "surrogate"]
+DEFAULT_SCORE_THRESHOLD = 0.4
+NER_LABELS = {"PERSON": "PERSON", "PER": "PERSON", "GPE": "LOCATION", "LOC": "LOCATION", "FAC": "LOCATION"}
+CAPS_NER_SCORE = 0.75
+
+# Eponyms and named scores are not people: "Crohn's disease", "Wells score", "Glasgow scale".
+_EPONYM_AFTER = regex.compile(
+    r"^(?:['’]s)?[ \t]+(?:disease|syndrome|sign|score|criteria|test|rule|rules|maneuver|manoeuvre|palsy"
+    r"|phenomenon|law|triad|classification|scale|procedure|operation|repair|fracture|ulcer|lymphoma"
+    r"|sarcoma|tumou?r|esophagus|reflex|node|trial|study|protocol|index|equation|formula|method"
+    r"|technique|position|incision|dementia|chorea|ataxia|anomaly|block|cell|cells|regimen)\b",
+    regex.IGNORECASE,
+)
+_TRAILING_NUMBER = regex.compile(r"[ \t,]+[\d.,]+$")
+_CAPS_RUN = regex.compile(r"\b[A-Z][A-Z'’-]+(?:[ \t,./]+[A-Z][A-Z'’-]+)+\b")
+_CAPS_WORD = regex.compile(r"\b[A-Z][A-Z'’]+\b")
+
+
+@dataclass(frozen=True)
+class Span:
+    start: int
+    end: int
+    entity_type: str
+    score: float
+
+    def to_dict(self) -> dict:
+        return {"start": self.start, "end": self.end, "entity_type": self.entity_type, "score": round(self.score, 3)}
+
+
+@dataclass(frozen=True)
+class ScrubResult:
+    text: str
+    spans: list[Span]
+
+
+class TextScrubber:
+    def __init__(
+        self,
+        analyzer: AnalyzerEngine | None = None,
+        *,
+        mode: Mode = "placeholder",
+        entities: Sequence[str] | None = None,
+        score_threshold: float = DEFAULT_SCORE_THRESHOLD,
+        surrogate_key: bytes | str | None = None,
+        caps_pass: bool = True,
+        batch_size: int = 32,
+    ) -> None:
+        if mode not in ("placeholder", "surrogate"):
+            raise ValueError(f"unknown mode {mode!r}: use 'placeholder' or 'surrogate'")
+        if analyzer is None:
+            from deidentify.engine import build_analyzer
+
+            analyzer = build_analyzer()
+        self.analyzer = analyzer
+        self.mode = mode
+        self.entities = list(entities) if entities else None
+        self.score_threshold = score_threshold
+        self.caps_pass = caps_pass
+        self.batch_size = batch_size
+        self.surrogates = Surrogates(surrogate_key) if mode == "surrogate" else None
+        self._nlp_engine = analyzer.nlp_engine
+        self._nlp = analyzer.nlp_engine.nlp["en"]
+
+    # --- public API --------------------------------------------------------------------------
+
+    def scrub(self, text: str, *, known: KnownIdentifiers | None = None, date_shift_days: int | None = None) -> ScrubResult:
+        return self.scrub_many([text], known=known, date_shift_days=date_shift_days)[0]
+
+    def scrub_many(
+        self,
+        texts: Iterable[str],
+        *,
+        known: KnownIdentifiers | None = None,
+        date_shift_days: int | None = None,
+        batch_size: int | None = None,
+    ) -> list[ScrubResult]:
+        texts = [t if isinstance(t, str) else "" for t in texts]
+        spans = self.analyze_many(texts, known=known, batch_size=batch_size)
+        return [ScrubResult(self.render(t, s, date_shift_days=date_shift_days), s) for t, s in zip(texts, spans)]
+
+    def analyze_many(
+        self, texts: Sequence[str], *, known: KnownIdentifiers | None = None, batch_size: int | None = None
+    ) -> list[list[Span]]:
+        bs = batch_size or self.batch_size
+        ad_hoc = [known.recognizer()] if known else None
+        todo = [i for i, t in enumerate(texts) if t.strip()]
+        out: list[list[Span]] = [[] for _ in texts]
+        caps = self._caps_entities([texts[i] for i in todo], bs) if self.caps_pass else [[] for _ in todo]
+        artifacts = self._nlp_engine.process_batch([texts[i] for i in todo], language="en", batch_size=bs)
+        for i, extra, (_text, art) in zip(todo, caps, artifacts):
+            text = texts[i]
+            results = self.analyzer.analyze(
+                text,
+                language="en",
+                entities=self.entities,
+                nlp_artifacts=art,
+                score_threshold=self.score_threshold,
+                ad_hoc_recognizers=ad_hoc,
+            )
+            results.extend(extra)
+            out[i] = resolve(_drop_eponyms(text, results))
+        return out
+
+    def render(self, text: str, spans: Sequence[Span], *, date_shift_days: int | None = None) -> str:
+        parts: list[str] = []
+        pos = 0
+        for s in spans:
+            parts.append(text[pos:s.start])
+            parts.append(self._replacement(s.entity_type, text[s.start:s.end], date_shift_days))
+            pos = s.end
+        parts.append(text[pos:])
+        return "".join(parts)
+
+    # --- internals ---------------------------------------------------------------------------
+
+    def _replacement(self, entity_type: str, value: str, date_shift_days: int | None) -> str:
+        if entity_type == "DATE_TIME":
+            if date_shift_days is not None:
+                shifted = shift_date_text(value, date_shift_days)
+                if shifted is not None:
+                    return shifted
+            return placeholder(entity_type)
+        if self.surrogates is not None:
+            return self.surrogates.replace(entity_type, value)
+        return placeholder(entity_type)
+
+    def _caps_entities(self, texts: Sequence[str], batch_size: int) -> list[list[RecognizerResult]]:
+        """NER over case-normalised copies of the ALL-CAPS lines of each text."""
+        # (text index, line offset, normalised line, caps runs in the line)
+        jobs: list[tuple[int, int, str, list[tuple[int, int]]]] = []
+        for ti, text in enumerate(texts):
+            if not _CAPS_RUN.search(text):
+                continue
+            for m in re.finditer(r"[^\n]+", text):
+                line = m.group()
+                runs = [(r.start(), r.end()) for r in _CAPS_RUN.finditer(line)]
+                if runs:
+                    jobs.append((ti, m.start(), truecase(line), runs))
+        out: list[list[RecognizerResult]] = [[] for _ in texts]
+        if not jobs:
+            return out
+        docs = self._nlp.pipe((j[2] for j in jobs), batch_size=batch_size)
+        for (ti, off, _line, runs), doc in zip(jobs, docs):
+            for ent in doc.ents:
+                label = NER_LABELS.get(ent.label_)
+                inside = any(a <= ent.start_char and ent.end_char <= b for a, b in runs)
+                if label and inside and (self.entities is None or label in self.entities):
+                    out[ti].append(RecognizerResult(label, off + ent.start_char, off + ent.end_char, CAPS_NER_SCORE))
+        return out
+
+
+def resolve(results: Iterable[RecognizerResult]) -> list[Span]:
+    """Merge overlapping results into disjoint spans (union of their extents); the type is the
+    highest-scoring result's (longer wins a tie)."""
+    items = sorted(results, key=lambda r: (r.start, -r.end))
+    spans: list[Span] = []
+    cur: list[RecognizerResult] = []
+    cur_end = -1
+    for r in items:
+        if r.end <= r.start:
+            continue
+        if cur and r.start < cur_end:
+            cur.append(r)
+            cur_end = max(cur_end, r.end)
+            continue
+        if cur:
+            spans.append(_merge(cur, cur_end))
+        cur, cur_end = [r], r.end
+    if cur:
+        spans.append(_merge(cur, cur_end))
+    return spans
+
+
+def _merge(group: list[RecognizerResult], end: int) -> Span:
+    best = max(group, key=lambda r: (r.score, r.end - r.start))
+    return Span(group[0].start, end, best.entity_type, float(best.score))
+
+
+def _drop_eponyms(text: str, results: list[RecognizerResult]) -> list[RecognizerResult]:
+    """Drop eponyms; trim trailing number tokens off NER names ("Anna S. 94" -> "Anna S.")."""
+    keep = []
+    for r in results:
+        if r.entity_type == "PERSON" and r.score < 1.0:
+            if _EPONYM_AFTER.match(text, r.end):
+                continue
+            m = _TRAILING_NUMBER.search(text, r.start, r.end)
+            if m and m.start() > r.start:
+                r.end = m.start()
+        keep.append(r)
+    return keep
+
+
+# --- ALL-CAPS normalisation -------------------------------------------------------------------
+
+
+@lru_cache(maxsize=1)
+def _common_words() -> frozenset[str]:
+    """Lower-case English function words: kept lower-case when a caps line is normalised, so
+    NER sees "Pt John Smith seen at Mercy Hospital for chest pain" rather than all Title Case."""
+    from spacy.lang.en.stop_words import STOP_WORDS
+
+    clinical = """pt patient pain chest abd abdominal c/o complains denies reports hx history
+    seen admitted discharged transferred vitals bp hr rr temp spo2 sob fever cough nausea vomiting
+    no yes new old left right bilateral acute chronic meds medication mg ml tab daily bid tid prn
+    alert oriented stable resting comfortably family called note nurse nursing shift am pm""".split()
+    return frozenset(STOP_WORDS) | frozenset(clinical)
+
+
+def truecase(text: str) -> str:
+    """Same-length copy of `text` with ALL-CAPS words in Title case (function words lower)."""
+    common = _common_words()
+
+    def fix(m: re.Match) -> str:
+        w = m.group()
+        if w.lower() in common:
+            return w.lower() if len(w.lower()) == len(w) else w
+        t = w[0] + w[1:].lower()
+        return t if len(t) == len(w) else w
+
+    return _CAPS_WORD.sub(fix, text)
