@@ -3,7 +3,9 @@
 A pseudonym is the first 128 bits of HMAC-SHA256(key, "pseudonym" | kind | value), written as a
 UUID string (36 characters, lowercase hex). That shape is a valid FHIR `id` and a valid
 `urn:uuid:` reference, so the same pseudonym serves `DeidentifiedRecord.pseudonym`, FHIR ids and
-references alike: a patient's record pseudonym equals its de-identified `Patient.id`.
+references alike. Resource ids use the kind "resource" (FHIR ids are unique across the types we
+see, and `urn:uuid:` references do not name their type), so a patient's record pseudonym equals
+its de-identified `Patient.id`; identifiers use "identifier|<system>".
 Every use is domain-separated (pseudonyms, date shifts and the fingerprint use different labels),
 so no output reveals another, and none reveals the key.
 """

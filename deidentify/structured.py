@@ -231,7 +231,7 @@ def deidentify_record(
     if enc is not None:
         encounter = replace(
             enc,
-            id=pseudonymizer.pseudonym("Encounter", enc.id) if enc.id else None,
+            id=pseudonymizer.pseudonym("resource", enc.id) if enc.id else None,
             types=many("e.type", len(enc.types)),
             reasons=many("e.reason", len(enc.reasons)),
             start=sd(enc.start),
@@ -239,7 +239,7 @@ def deidentify_record(
         )
 
     out = _mint(
-        pseudonym=pseudonymizer.pseudonym("Patient", key),
+        pseudonym=pseudonymizer.pseudonym("resource", key),
         age_years=age,
         age_days=age_days,
         sex=record.sex,

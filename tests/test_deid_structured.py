@@ -120,8 +120,8 @@ def test_allow_list_output_has_no_identifiers_and_shifts_dates() -> None:
     assert out.medications[0].authored == datetime(2024, 3, 9, tzinfo=timezone.utc) + delta
     # intervals preserved
     assert out.as_of - out.encounter.start == AS_OF - datetime(2024, 3, 10, 13, 0, tzinfo=timezone.utc)
-    assert out.pseudonym == d.pseudonym("Patient", "pat-8c1d")
-    assert out.encounter.id == d.pseudonym("Encounter", "enc-77")
+    assert out.pseudonym == d.pseudonym("resource", "pat-8c1d")
+    assert out.encounter.id == d.pseudonym("resource", "enc-77")
     assert (out.state, out.zip3, out.sex, out.age_years, out.age_days) == ("MA", "021", "female", 48, None)
     # codings kept; terminology text kept without a scrub
     assert out.conditions[0].codings[0].code == "386661006" and out.conditions[0].text == "Fever"
