@@ -17,7 +17,7 @@ from cds_hooks.store import CardLog, Store, get_store
 from deidentify import Deidentifier
 from deidentify.pseudonym import demo_key, load_key
 from fhir_adapter.client import PrefetchUnavailable, resolve_prefetch
-from fhir_adapter.extract import build_record
+from fhir_adapter.extract import RecordError, build_record
 from model.rules import RulesConfig, score_record
 
 if TYPE_CHECKING:
@@ -86,7 +86,15 @@ def patient_view(
         raise PreconditionFailed(
             "required FHIR data is missing and could not be fetched from fhirServer: " + ", ".join(exc.keys)
         ) from None
-    record = build_record(resolved.data, as_of=now, encounter_id=context.encounterId)
+    patient = resolved.data.get("patient")
+    if not isinstance(patient, dict) or patient.get("resourceType") != "Patient":
+        raise PreconditionFailed("the EHR has no Patient resource for context.patientId")
+    if patient.get("id") not in (None, context.patientId):
+        raise PreconditionFailed("the prefetched Patient does not match context.patientId")
+    try:
+        record = build_record(resolved.data, as_of=now, encounter_id=context.encounterId)
+    except RecordError:
+        raise PreconditionFailed("the Patient resource could not be read") from None
     deidentified = runtime.deidentifier.record(record)
     del record  # no PHI past this point
     result = score_record(deidentified, runtime.rules_config)

@@ -134,6 +134,15 @@ def test_required_prefetch_missing_without_fhir_server_gives_412(client):
     assert response.status_code == 412 and "vitals" in response.get_json()["message"]
 
 
+@pytest.mark.parametrize("patient", [None, {"resourceType": "Patient", "id": "someone-else"},
+                                     {"resourceType": "Patient", "id": "85", "birthDate": "not a date"}])
+def test_no_usable_patient_gives_412(client, patient):
+    body = patient_view(uscore("uscore_bundle_patient_85.json"))
+    body["prefetch"]["patient"] = patient  # null: the EHR has no such patient
+    response = post_hook(client, body)
+    assert response.status_code == 412 and response.get_json()["error"] == "precondition_failed"
+
+
 def test_operation_outcome_prefetch_is_missing_data(client):
     body = patient_view(uscore("uscore_bundle_patient_85.json"))
     body["prefetch"]["vitals"] = {"resourceType": "OperationOutcome",
