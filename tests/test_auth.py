@@ -7,6 +7,7 @@ import hashlib
 import hmac
 import json
 import logging
+import re
 import threading
 import time
 import uuid
@@ -21,8 +22,11 @@ import yaml
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from flask import Flask, g, jsonify
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from cds_hooks import auth
+from cds_hooks.store import get_store
 from conftest import REDIS_URL
 
 ISS = "https://fhir-ehr.example.com/"
@@ -494,3 +498,54 @@ def test_refusals_log_their_reason_category(app: Flask, keys, case: str, caplog:
     caplog.set_level(logging.INFO, logger="cds_hooks.auth")
     assert_refused(call(app, REFUSED[case](keys)))
     assert [r.getMessage() for r in caplog.records if r.name == "cds_hooks.auth"] == [f"JWT refused: {REASONS[case]}"]
+
+
+# --- junk and the real application ----------------------------------------------------------
+
+_header_text = st.text(alphabet=st.characters(min_codepoint=0x20, max_codepoint=0x7E), max_size=300)
+_b64ish = st.text(alphabet="ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_", max_size=80)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    header=st.one_of(
+        _header_text,
+        _header_text.map(lambda s: "Bearer " + s),
+        st.tuples(_b64ish, _b64ish, _b64ish).map(lambda p: "Bearer eyJ" + ".eyJ".join(p[:2]) + "." + p[2]),
+        st.dictionaries(st.text(max_size=5), st.text(max_size=5), max_size=3).map(
+            lambda h: "Bearer " + _b64(json.dumps(h).encode()) + "." + _b64(b'{"iss": 1}') + ".c2ln"
+        ),
+    )
+)
+def test_junk_authorization_headers_are_401_never_5xx(app: Flask, header: str) -> None:
+    assert_refused(app.test_client().get("/cds-services", headers={"Authorization": header}))
+
+
+def test_through_create_app_discovery_needs_a_token_and_cors_exposes_401(tmp_path: Path, clients_file: Path, keys) -> None:
+    from support.cds_app import make_app as make_service
+
+    app = make_service(tmp_path, TRIAGE_INSECURE_NO_AUTH=False, TRIAGE_CLIENTS_FILE=str(clients_file))
+    client = app.test_client()
+    origin = {"Origin": "https://sandbox.cds-hooks.org"}
+    r = client.get("/cds-services", headers=origin)
+    assert_refused(r)
+    assert r.headers.get("Access-Control-Allow-Origin")  # the browser client can read the 401
+    pre = client.options(
+        "/cds-services",
+        headers={**origin, "Access-Control-Request-Method": "GET", "Access-Control-Request-Headers": "authorization"},
+    )
+    assert pre.status_code == 200
+    assert "authorization" in pre.headers.get("Access-Control-Allow-Headers", "").lower()
+    r = client.get("/cds-services", headers={"Authorization": f"Bearer {token(keys, aud=DISCOVERY)}"})
+    assert r.status_code == 200
+    assert any(s["id"] == "triage" for s in r.get_json()["services"])
+    get_store(app).dispose()
+
+
+def test_through_create_app_a_bad_clients_file_fails_at_startup(tmp_path: Path) -> None:
+    from support.cds_app import make_app as make_service
+
+    bad = tmp_path / "clients.yaml"
+    bad.write_text("- iss: https://ehr.example\n")
+    with pytest.raises(auth.AuthConfigError, match=re.escape(str(bad))):
+        make_service(tmp_path, TRIAGE_INSECURE_NO_AUTH=False, TRIAGE_CLIENTS_FILE=str(bad))
