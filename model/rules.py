@@ -417,7 +417,7 @@ def _consciousness(vitals: Mapping[str, VitalSign], scorer: _Scorer) -> Paramete
 
 def _temperature(vitals: Mapping[str, VitalSign], scorer: _Scorer) -> ParameterScore:
     name = "Temperature"
-    vital = vitals.get(BODY_TEMPERATURE) or vitals.get(ORAL_TEMPERATURE)
+    vital = _newest(vitals.get(BODY_TEMPERATURE), vitals.get(ORAL_TEMPERATURE), valued=True)
     if vital is None:
         return scorer.missing(name, BODY_TEMPERATURE, "not recorded")
     raw = _number(vital.value)
@@ -623,7 +623,9 @@ def _assign_acuity(
     elif not news2_applicable:
         caps.append("NEWS2 not validated under 16 and no ESI danger-zone vitals")
     if caps:
-        return Acuity.LESS_URGENT, [f"NEWS2 {total} on recorded parameters; capped at 4: {c}" for c in caps]
+        return Acuity.LESS_URGENT, [f"NEWS2 {total} on the recorded parameters"] + [
+            f"capped at 4: {c}" for c in caps
+        ]
     return Acuity.NON_URGENT, [f"NEWS2 {total} with all parameters present and fresh"]
 
 

@@ -453,3 +453,10 @@ def test_to_dict_is_json_safe_and_holds_no_identifiers():
     assert data["acuity"] == 4 and data["band"] == "low" and data["total"] == 2
     assert data["parameters"][3]["effective"] == RECENT.isoformat()
     assert "pt-7f3a9c" not in json.dumps(data)
+
+
+def test_newest_of_body_and_oral_temperature_is_used():
+    body = vital("8310-5", 37.0, "Cel", effective=AS_OF - timedelta(days=3))
+    oral = vital("8331-1", 39.5, "Cel", effective=AS_OF - timedelta(hours=1))
+    t = param(score(normal(x8310_5=body, x8331_1=oral)), "Temperature")
+    assert (t.loinc, t.value, t.points, t.stale) == ("8331-1", 39.5, 2, False)
