@@ -8,7 +8,7 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from pydantic import BaseModel
 
@@ -100,8 +100,3 @@ TRIAGE = Service(
 REGISTRY = Registry()
 REGISTRY.register(TRIAGE)
 
-
-def discovery_document(registry: Registry = REGISTRY) -> dict[str, Any]:
-    from cds_hooks.schemas import to_wire
-
-    return to_wire(registry.discovery())
