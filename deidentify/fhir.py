@@ -781,6 +781,28 @@ class _Walker:
 # --- public API -----------------------------------------------------------------------------
 
 
+def leak_text(resource: Mapping[str, Any]) -> str:
+    """Every string of a resource for the leak check, text attachments decoded from base64."""
+    parts = [payload_text(resource)]
+
+    def walk(v: Any) -> None:
+        if isinstance(v, Mapping):
+            data, ctype = v.get("data"), v.get("contentType")
+            if isinstance(data, str) and isinstance(ctype, str):
+                try:
+                    parts.append(base64.b64decode(data).decode("utf-8", errors="replace"))
+                except (binascii.Error, ValueError):
+                    pass
+            for x in v.values():
+                walk(x)
+        elif isinstance(v, list):
+            for x in v:
+                walk(x)
+
+    walk(resource)
+    return "\n".join(parts)
+
+
 def patient_of(resource: Mapping[str, Any], ctx: FhirContext | None = None) -> str | None:
     """The raw id of the patient a resource belongs to (for its date shift and leak check)."""
     if resource.get("resourceType") == "Patient":
@@ -843,7 +865,7 @@ def deidentify_resources(
                 if not isinstance(r, Mapping):
                     raise UnsupportedResource("not a FHIR resource")
                 res = walker.resource(r)
-                hits = find_leaks(payload_text(res), leak_set)
+                hits = find_leaks(leak_text(res), leak_set)
                 if hits:
                     raise LeakDetected(hits)
                 out[i] = res
@@ -899,7 +921,7 @@ def _with_patient(resource: Mapping[str, Any], pz: Pseudonymizer, scrubber: Scru
     known = known_identifiers(ctx.identities[patient]) if scrubber and patient in ctx.identities else None
     scrubbed = dict(zip(unique, scrub_texts(unique, scrubber, known=known, shift=shift, removed=removed)))
     res = _Walker(pz, ctx, shift, scrubbed=scrubbed, removed=removed).resource(resource)
-    hits = find_leaks(payload_text(res), ctx.leak_set(patient))
+    hits = find_leaks(leak_text(res), ctx.leak_set(patient))
     return LeakDetected(hits) if hits else res
 
 

@@ -28,12 +28,28 @@ CAPS_NER_SCORE = 0.75
 
 # Eponyms and named scores are not people: "Crohn's disease", "Wells score", "Glasgow scale".
 _EPONYM_AFTER = regex.compile(
-    r"^(?:['’]s)?[ \t]+(?:disease|syndrome|sign|score|criteria|test|rule|rules|maneuver|manoeuvre|palsy"
+    r"(?:['’]s?)?(?:[ \t]+(?:risk|reflex|sign))?[ \t]+(?:disease|syndrome|sign|score|criteria|test|rule|rules|maneuver|manoeuvre|palsy"
     r"|phenomenon|law|triad|classification|scale|procedure|operation|repair|fracture|ulcer|lymphoma"
     r"|sarcoma|tumou?r|esophagus|reflex|node|trial|study|protocol|index|equation|formula|method"
     r"|technique|position|incision|dementia|chorea|ataxia|anomaly|block|cell|cells|regimen)\b",
     regex.IGNORECASE,
 )
+# Drug-name stems that spaCy's small model takes for people or places ("Lisinopril", "Losartan").
+_DRUG = regex.compile(
+    r"(?:pril|sartan|xaban|gatran|flozin|gliptin|glitazone|statin|olol|dipine|pine|azole|cillin|mycin|floxacin"
+    r"|cycline|tide|parin|oxetine|azepam|zolam|done|vir|formin|mab|nib|lukast|tidine|prazole|semide|thiazide"
+    r"|profen|oxacin|afil|triptan|setron|dronate|lamide|sone|olone|nide|zine|pam)$",
+    regex.IGNORECASE,
+)
+# States and countries are not identifiers under Safe Harbor.
+_STATES = frozenset(
+    """alabama alaska arizona arkansas california colorado connecticut delaware florida georgia hawaii
+    idaho illinois indiana iowa kansas kentucky louisiana maine maryland massachusetts michigan
+    minnesota mississippi missouri montana nebraska nevada ohio oklahoma oregon pennsylvania tennessee
+    texas utah vermont virginia washington wisconsin wyoming us usa u.s. u.s.a. america canada mexico""".split()
+) | {"new hampshire", "new jersey", "new mexico", "new york state", "north carolina", "north dakota",
+     "rhode island", "south carolina", "south dakota", "west virginia", "united states",
+     "the united states", "united states of america"}
 _TRAILING_NUMBER = regex.compile(r"[ \t,]+[\d.,]+$")
 _CAPS_RUN = regex.compile(r"\b[A-Z][A-Z'’-]+(?:[ \t,./]+[A-Z][A-Z'’-]+)+\b")
 _CAPS_WORD = regex.compile(r"\b[A-Z][A-Z'’]+\b")
@@ -121,7 +137,7 @@ class TextScrubber:
                 ad_hoc_recognizers=ad_hoc,
             )
             results.extend(extra)
-            out[i] = resolve(_drop_eponyms(text, results))
+            out[i] = join_places(text, resolve(_drop_eponyms(text, results)))
         return out
 
     def render(self, text: str, spans: Sequence[Span], *, date_shift_days: int | None = None) -> str:
@@ -194,6 +210,37 @@ def resolve(results: Iterable[RecognizerResult]) -> list[Span]:
     return spans
 
 
+_PLACES = frozenset({"LOCATION", "HOSPITAL", "ZIP_CODE"})
+_PLACE_GLUE = regex.compile(r"[ \t]*(?:,|in|at|of|-|–|/)?[ \t]*", regex.IGNORECASE)
+_PLACE_TAIL = regex.compile(
+    r"[ \t]+(?:[a-z]+[ \t]+)?(?:clinic|hospital|hosp\.?|facility|office|branch|center|centre|campus|ER|ED|ICU)\b"
+    r"|,?[ \t]+(?:" + "|".join(sorted((regex.escape(x) for x in _STATES if " " not in x or x.startswith("new")), key=len, reverse=True)) + r")\b"
+    r"|,[ \t]*(?-i:[A-Z]{2})\b",
+    regex.IGNORECASE,
+)
+
+
+def join_places(text: str, spans: list[Span]) -> list[Span]:
+    """Place spans absorb a trailing facility noun ("Dallas facility", "Cedars-Sinai ER") and
+    merge with a neighbouring place joined by "in", "at", "," ("Mercy Hospital in Atlanta")."""
+    out: list[Span] = []
+    for s in spans:
+        if s.entity_type in _PLACES:
+            m = _PLACE_TAIL.match(text, s.end)
+            if m and not (out and False):
+                s = Span(s.start, m.end(), s.entity_type, s.score)
+        if out and out[-1].entity_type in _PLACES and s.entity_type in _PLACES and s.start >= out[-1].end:
+            g = _PLACE_GLUE.fullmatch(text, out[-1].end, s.start)
+            if g:
+                prev = out.pop()
+                s = Span(prev.start, max(s.end, prev.end), prev.entity_type, max(prev.score, s.score))
+        if out and s.start < out[-1].end:  # a tail grew into the next span
+            prev = out.pop()
+            s = Span(prev.start, max(prev.end, s.end), prev.entity_type, max(prev.score, s.score))
+        out.append(s)
+    return out
+
+
 def _merge(group: list[RecognizerResult], end: int) -> Span:
     best = max(group, key=lambda r: (r.score, r.end - r.start))
     return Span(group[0].start, end, best.entity_type, float(best.score))
@@ -203,7 +250,12 @@ def _drop_eponyms(text: str, results: list[RecognizerResult]) -> list[Recognizer
     """Drop eponyms; trim trailing number tokens off NER names ("Anna S. 94" -> "Anna S.")."""
     keep = []
     for r in results:
-        if r.entity_type == "PERSON" and r.score < 1.0:
+        name = (r.recognition_metadata or {}).get("recognizer_name", "")
+        if name == "SpacyRecognizer" or r.score == CAPS_NER_SCORE:
+            value = text[r.start:r.end]
+            if _DRUG.search(value) or value.lower() in _STATES or not any(c.isupper() for c in value):
+                continue
+        if r.entity_type in ("PERSON", "LOCATION") and r.score < 1.0:
             if _EPONYM_AFTER.match(text, r.end):
                 continue
             m = _TRAILING_NUMBER.search(text, r.start, r.end)

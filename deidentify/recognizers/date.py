@@ -25,8 +25,11 @@ class ClinicalDateRecognizer(ClinicalPatternRecognizer):
         Pattern("Date (month d, y)", rf"\b{MONTH}\.?[ \t]+(?:the[ \t]+)?(?:0?[1-9]|[12]\d|3[01]){ORDINAL}?\b(?:,?[ \t]*(?:of[ \t]+)?{YEAR}\b)?", 0.85),
         Pattern("Date (d month y)", rf"\b(?:0?[1-9]|[12]\d|3[01]){ORDINAL}?[ \t]+(?:of[ \t]+)?{MONTH}\b\.?(?:,?[ \t]+{YEAR}\b)?", 0.85),
         Pattern("Date (month y)", rf"\b{MONTH}\.?,?[ \t]+(?:of[ \t]+)?{YEAR}\b", 0.8),
-        Pattern("Date (relative month)", rf"(?<=\b(?:last|this|next|past|early|late|mid|since|in|on|during|until|by|of|from)[ \t]+(?:early[ \t]+|late[ \t]+|mid-?)?){MONTH_FULL}\b", 0.6),
-        Pattern("Date (weekday)", rf"(?<=\b(?:last|this|next|past|on|since|until|by)[ \t]+){WEEKDAY}\b", 0.5),
+        Pattern("Date (d-mon-y)", rf"(?<![\w-])(?:0?[1-9]|[12]\d|3[01])-{MONTH}-(?:\d{{4}}|\d{{2}})(?![\w-])", 0.9),
+        Pattern("Date (last month)", rf"\b(?:last|this|next|past)[ \t]+{MONTH_FULL}\b", 0.7),
+        Pattern("Date (relative month)", rf"(?<=\b(?:early|late|mid|since|in|on|during|until|by|of|from)[ \t]+(?:early[ \t]+|late[ \t]+|mid-?)?){MONTH_FULL}\b", 0.6),
+        Pattern("Date (weekday)", rf"\b(?:last|this|next|past)[ \t]+{WEEKDAY}\b", 0.6),
+        Pattern("Date (on weekday)", rf"(?<=\b(?:on|since|until|by)[ \t]+){WEEKDAY}\b", 0.5),
         Pattern("Year (birth)", rf"(?<=\b(?:born|birth|b\.|dob|d\.o\.b\.?|date[ \t]+of[ \t]+birth|birth[ \t]*date|birth[ \t]+year|year[ \t]+of[ \t]+birth|yob)[ \t]*(?:in|on|:|-|was|is)?[ \t]*(?:in[ \t]+)?){YEAR}\b", 0.85),
     ]
     CONTEXT = ["date", "born", "dob", "seen", "admitted"]

@@ -29,6 +29,13 @@ def _first_name_regex() -> str:
     return rf"(?-i:(?:{mixed}|{caps}))"
 
 
+NOT_FIRST = (
+    r"(?:vitamin|hepatitis|type|group|stage|class|grade|factor|lead|phase|strep|influenza|protein"
+    r"|complex|plan|option|section|appendix|figure|table|schedule|part|level|zone|category|cluster"
+    r"|cohort|arm|step|tier|list|form|unit|ward|room|bed|floor|wing|building|pod|team|antigen|panel)"
+)
+
+
 class FirstNameRecognizer(ClinicalPatternRecognizer):
     ENTITY = "PERSON"
     CONTEXT = ["patient", "name"]
@@ -38,6 +45,12 @@ class FirstNameRecognizer(ClinicalPatternRecognizer):
         caps_surname = r"(?-i:[A-Z]{2,}(?:['’-][A-Z]+)*)"
         type(self).PATTERNS = [
             Pattern("Name (first + initial)", rf"\b{first}[ \t]+{INITIAL}", 0.7),
+            # "Anne-Marie B.", "Sam J.": any capitalised word + initial, except medical heads
+            Pattern(
+                "Name (word + initial)",
+                rf"\b(?!{NOT_FIRST}\b)(?-i:[A-Z][a-z]+(?:-[A-Z][a-z]+)?)[ \t]+(?-i:[A-Z])\.(?![\w])",
+                0.55,
+            ),
             Pattern("Name (first + surname)", rf"\b{first}(?:[ \t]+{INITIAL})?[ \t]+(?:{NAME}|{caps_surname})\b", 0.6),
         ]
         super().__init__(supported_language)

@@ -14,7 +14,7 @@ VERB = (
     r"|hospitalized|hospitalised|presented|presenting|examined|managed|diagnosed|delivered|born|lives|living|resides|residing"
     r"|moved|works|worked|tested|scanned|imaged|screened|vaccinated|immunized|consulted|biopsied|visit|visits|admission|stay|stayed|care|lives)"
 )
-STOP = rf"(?:on|in|at|for|with|and|or|by|from|the|last|this|next|{MONTH}|who|which|where|after|before|since|due|because|ER|ED|ICU)\b"
+STOP = rf"(?:(?-i:[A-Z]{{1,3}}[ \t]*\d)|least|risk|rest|home|time|times|night|baseline|bedside|monday|tuesday|wednesday|thursday|friday|saturday|sunday|on|in|at|for|with|and|or|by|from|the|last|this|next|{MONTH}|who|which|where|after|before|since|due|because|ER|ED|ICU)\b"
 WORD = r"(?-i:[A-Z])[\w'’&.-]*"
 
 
@@ -25,6 +25,13 @@ class VisitLocationRecognizer(ClinicalPatternRecognizer):
             "Location (after visit verb)",
             rf"(?<=\b{VERB}[ \t]+(?:(?:at|to|in|from|near)[ \t]+)(?:the[ \t]+)?(?:our[ \t]+)?)(?!{STOP}){WORD}(?:[ \t]+(?!{STOP}){WORD}){{0,3}}",
             0.55,
+        ),
+        # "at UCSF", "@ Stanford", "at Johns Hopkins on ...": only on lines that also have
+        # lower-case words (in ALL CAPS text everything after "AT" would look like a name).
+        Pattern(
+            "Location (after at)",
+            rf"(?<=(?-i:[a-z]{{3}})[^\n]{{0,200}}?(?:\bat|@)[ \t]+(?:the[ \t]+)?)(?!{STOP}|(?-i:[A-Z][a-z]*[ \t]+(?:least|risk|rest|home|times?|night|baseline|bedside)\b)){WORD}(?:[ \t]+(?!{STOP}){WORD}){{0,3}}",
+            0.5,
         ),
     ]
     CONTEXT = ["seen", "admitted", "treated"]
