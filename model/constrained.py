@@ -3,6 +3,8 @@
 xgrammar compiles the schema into a token mask; this module adds what the mask alone gets wrong
 for our reports, each checked by tests:
 
+* **Special tokens.** xgrammar treats harmony's added tokens (`<|endoftext|>`, ...) as text it
+  may place inside a string; they are masked (the stop token `<|return|>` excepted).
 * **Control characters.** xgrammar's length-bounded strings (`maxLength`) accept any byte but
   `"`, `\\`, CR and LF, so a byte-level tokenizer can put raw control characters (\\x01, tab) in a
   JSON string, which JSON forbids. Compact JSON needs no control byte anywhere, so every token
@@ -70,7 +72,12 @@ class ReportGrammar:
             json.dumps(grammar_schema(schema)), any_whitespace=False, separators=(",", ":"), strict_mode=True
         )
         self.vocab_size = vocab_size
-        special = set(self.info.special_token_ids) | set(self.stop_token_ids)
+        # Added/special tokens (harmony's <|endoftext|>, <|start|>, ...) are not text: never in JSON.
+        special = set(self.info.special_token_ids) | set(tokenizer.all_special_ids)
+        special |= set(getattr(tokenizer, "added_tokens_decoder", {}) or {})
+        self.special = torch.zeros(vocab_size, dtype=torch.bool)
+        self.special[[i for i in special if i < vocab_size and i not in self.stop_token_ids]] = True
+        special |= set(self.stop_token_ids)
         self.token_bytes: list[bytes] = [
             b"" if i in special else bytes(b) for i, b in enumerate(self.info.decoded_vocab)
         ] + [b""] * max(0, vocab_size - len(self.info.decoded_vocab))
@@ -163,7 +170,7 @@ class JsonSchemaLogitsProcessor(LogitsProcessor):
             if row.failed is not None or row.matcher.is_terminated():
                 continue
             allowed = work[i, :vocab] > neg_inf
-            extra = g.control[:vocab].clone()
+            extra = g.control[:vocab] | g.special[:vocab]
             if row.blank_string:
                 extra |= g.keeps_blank[:vocab]
             if (allowed & ~extra).any():

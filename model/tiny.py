@@ -44,8 +44,8 @@ TINY_CONFIG = dict(
     head_dim=16,
     num_attention_heads=4,
     num_key_value_heads=2,
-    num_local_experts=16,
-    num_experts_per_tok=2,
+    num_local_experts=32,  # gpt-oss-20b: 32 experts, 4 per token
+    num_experts_per_tok=4,
     sliding_window=32,
     max_position_embeddings=4096,
 )

@@ -38,6 +38,7 @@ def grammar(tiny_model_dir: Path, tokenizer) -> ReportGrammar:
 
 
 def _decode_loop(grammar: ReportGrammar, scores_fn, *, batch: int, max_new_tokens: int, reserve: int) -> list:
+    # Text is rebuilt from the raw token bytes, specials included, so a leaked one shows.
     """generate()'s contract, by hand: call the processor, take the argmax, append, stop on <|return|>."""
     stop = grammar.stop_token_ids[0]
     proc = grammar.logits_processor(max_new_tokens, closing_reserve=reserve)
@@ -53,10 +54,11 @@ def _decode_loop(grammar: ReportGrammar, scores_fn, *, batch: int, max_new_token
             break
     new = ids[:, 1:]
     status = proc.finish(new)
+    raw = [bytes(b) for b in grammar.info.decoded_vocab]
     texts = []
     for row in new.tolist():
         body = row[: row.index(stop)] if stop in row else row
-        texts.append(b"".join(grammar.token_bytes[t] for t in body).decode("utf-8"))
+        texts.append(b"".join(raw[t] for t in body).decode("utf-8"))
     return list(zip(texts, status))
 
 
@@ -92,23 +94,28 @@ def test_plain_grammar_lets_control_characters_into_bounded_strings(grammar: Rep
     assert matcher.accept_string('{"acuity":3,"summary":"a\x01b')
     assert grammar.control.sum() > 0
     assert bool(grammar.control[grammar.info.decoded_vocab.index(b"\t")])
+    endoftext = grammar.info.decoded_vocab.index(b"<|endoftext|>")
+    assert matcher.accept_token(endoftext)  # ... and harmony's special tokens too
+    assert bool(grammar.special[endoftext]) and not bool(grammar.special[grammar.stop_token_ids[0]])
 
 
-@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("seed", range(12))
 def test_adversarial_logits_still_give_valid_reports(grammar: ReportGrammar, seed: int) -> None:
     gen = torch.Generator().manual_seed(seed)
     vocab = grammar.vocab_size
     push = grammar.control.float() * 50.0  # favour control characters
     blanks = torch.tensor([b.strip() == b"" and b != b"" for b in grammar.token_bytes]).float() * 40.0
     quotes = grammar.starts_quote.float() * 30.0  # ... and closing right after a blank
+    specials = grammar.special.float() * 45.0  # ... and harmony tokens such as <|endoftext|>
 
     def scores(step: int, batch: int) -> torch.Tensor:
-        return torch.randn((batch, vocab), generator=gen) + push + blanks + quotes
+        return torch.randn((batch, vocab), generator=gen) + push + blanks + quotes + specials
 
     results = _decode_loop(grammar, scores, batch=3, max_new_tokens=400, reserve=150)
     for text, (complete, failure) in results:
         assert complete and failure is None, (failure, text)
         assert not any(ord(ch) < 0x20 for ch in text)
+        assert "<|" not in text
         json.loads(text)  # strict: raw control characters in strings would raise
         assert isinstance(parse_report(text), TriageReport)
 

@@ -1,0 +1,353 @@
+"""The inference engine: gpt-oss (+ optional LoRA adapter) -> validated TriageReports, in batches.
+
+Generation follows harmony in two phases per batch:
+
+1. `analysis`: `<|start|>assistant<|channel|>analysis<|message|>` then free text up to
+   `max_new_tokens_analysis` (stops at `<|end|>`);
+2. `final`: `<|end|><|start|>assistant<|channel|>final<|message|>` then JSON constrained to the
+   TriageReport schema (model.constrained), ending with `<|return|>`.
+
+Both phases batch all prompts with LEFT padding. Every output is validated with `parse_report`;
+invalid ones come back with `report=None` and an error, and are counted, never raised.
+The real model is one setting away: `TRIAGE_MODEL_PATH=/models/gpt-oss-20b-bf16`.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+QUANTIZATIONS = ("none", "nf4", "mxfp4")
+DEVICES = ("auto", "cpu", "cuda")
+DTYPES = ("auto", "bfloat16", "float16", "float32")
+EFFORTS = ("low", "medium", "high")
+
+ASSISTANT_START = "<|start|>assistant"
+ANALYSIS_HEADER = "<|channel|>analysis<|message|>"
+FINAL_HEADER = "<|start|>assistant<|channel|>final<|message|>"
+
+
+class EngineConfigError(ValueError):
+    """A setting is missing or invalid; the message names the setting."""
+
+
+@dataclass
+class EngineConfig:
+    model_path: str | None = field(default=None, metadata={"env": "TRIAGE_MODEL_PATH", "help": "Local directory of the base model (bf16 gpt-oss or the tiny model)."})
+    adapter_path: str | None = field(default=None, metadata={"env": "TRIAGE_ADAPTER_PATH", "help": "Local directory of a PEFT LoRA adapter."})
+    quantization: str = field(default="none", metadata={"env": "TRIAGE_QUANTIZATION", "help": "none | nf4 (bitsandbytes, attention and experts) | mxfp4 (GPU only)."})
+    merge_adapter: bool = field(default=False, metadata={"env": "TRIAGE_MERGE_ADAPTER", "help": "Merge the LoRA weights into the base weights after loading."})
+    device: str = field(default="auto", metadata={"env": "TRIAGE_DEVICE", "help": "auto | cpu | cuda."})
+    dtype: str = field(default="auto", metadata={"env": "TRIAGE_DTYPE", "help": "auto (bf16 on GPU, fp32 on CPU) | bfloat16 | float16 | float32."})
+    max_new_tokens_analysis: int = field(default=256, metadata={"env": "TRIAGE_MAX_NEW_TOKENS_ANALYSIS", "help": "Token budget of the analysis channel (0 skips it)."})
+    max_new_tokens_final: int = field(default=768, metadata={"env": "TRIAGE_MAX_NEW_TOKENS_FINAL", "help": "Token budget of the final JSON report."})
+    final_closing_reserve: int = field(default=192, metadata={"env": "TRIAGE_FINAL_CLOSING_RESERVE", "help": "Last tokens of the final budget spent closing the JSON."})
+    reasoning_effort: str = field(default="low", metadata={"env": "TRIAGE_REASONING_EFFORT", "help": "harmony reasoning effort for prompts: low | medium | high."})
+    temperature: float = field(default=0.0, metadata={"env": "TRIAGE_TEMPERATURE", "help": "0 = greedy decoding; above 0 samples."})
+    top_p: float = field(default=1.0, metadata={"env": "TRIAGE_TOP_P", "help": "Nucleus sampling (with temperature > 0)."})
+    seed: int = field(default=0, metadata={"env": "TRIAGE_SEED", "help": "Seed set before each batch (sampling)."})
+
+    def __post_init__(self) -> None:
+        self.quantization = self.quantization.lower()
+        _choice("quantization", self.quantization, QUANTIZATIONS)
+        _choice("device", self.device, DEVICES)
+        _choice("dtype", self.dtype, DTYPES)
+        _choice("reasoning_effort", self.reasoning_effort, EFFORTS)
+        for name in ("max_new_tokens_analysis", "final_closing_reserve"):
+            if getattr(self, name) < 0:
+                raise EngineConfigError(f"{name} must be >= 0")
+        if self.max_new_tokens_final < 1:
+            raise EngineConfigError("max_new_tokens_final must be >= 1")
+        if self.temperature < 0 or not 0 < self.top_p <= 1:
+            raise EngineConfigError("temperature must be >= 0 and top_p in (0, 1]")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> EngineConfig:
+        """Read each field from its TRIAGE_* variable (see `metadata['env']`); overrides win."""
+        env = os.environ if env is None else env
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            raw = env.get(f.metadata["env"])
+            if raw is None or raw.strip() == "":
+                continue
+            values[f.name] = _convert(f.name, f.metadata["env"], raw.strip(), f.type)
+        values.update(overrides)
+        return cls(**values)
+
+
+def _choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise EngineConfigError(f"{name} must be one of {', '.join(allowed)} (got {value!r})")
+
+
+def _convert(name: str, var: str, raw: str, annotation: Any) -> Any:
+    kind = str(annotation)
+    try:
+        if kind.startswith("bool"):
+            if raw.lower() in ("1", "true", "yes", "on"):
+                return True
+            if raw.lower() in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(raw)
+        if kind.startswith("int"):
+            return int(raw)
+        if kind.startswith("float"):
+            return float(raw)
+    except ValueError:
+        raise EngineConfigError(f"{var}: cannot read {raw!r} as {kind.split(' ')[0]}") from None
+    return raw
+
+
+@dataclass
+class GenerationResult:
+    report: Any | None  # TriageReport when valid
+    raw_final: str
+    analysis: str
+    error: str | None
+    tokens: int  # generated tokens, both channels
+
+
+class Engine:
+    """A loaded model ready to write reports. Build it with `Engine.load(config)`."""
+
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any,
+        config: EngineConfig,
+        *,
+        model_version: str,
+        adapter_version: str,
+        schema: dict[str, Any] | None = None,
+        parse: Callable[[str], Any] | None = None,
+    ) -> None:
+        from model.constrained import ReportGrammar
+        from model.report import parse_report, report_json_schema
+
+        self.model = model
+        self.tokenizer = tokenizer
+        self.config = config
+        self.model_version = model_version
+        self.adapter_version = adapter_version
+        self.parse = parse or parse_report
+        self.device = next(model.parameters()).device
+        self.counters: Counter[str] = Counter()
+        self.last_stats: dict[str, Any] = {}
+        self._lock = threading.Lock()
+        self._ids = {t: tokenizer.convert_tokens_to_ids(t) for t in (
+            "<|start|>", "<|end|>", "<|message|>", "<|channel|>", "<|constrain|>", "<|return|>", "<|call|>",
+            "<|endoftext|>", "<|startoftext|>",
+        )}
+        missing = [t for t, i in self._ids.items() if i is None or i == tokenizer.unk_token_id]
+        if missing:
+            raise EngineConfigError(f"tokenizer lacks harmony tokens {missing}: not a gpt-oss tokenizer")
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self._ids["<|endoftext|>"]
+        self.grammar = ReportGrammar(
+            tokenizer,
+            schema if schema is not None else report_json_schema(),
+            vocab_size=model.config.vocab_size if hasattr(model, "config") else len(tokenizer),
+            stop_token_ids=[self._ids["<|return|>"]],
+        )
+
+    # -- loading ---------------------------------------------------------------------------------
+
+    @classmethod
+    def load(cls, config: EngineConfig | None = None, **kwargs: Any) -> Engine:
+        """Load the base model from a local path, quantize, attach (and maybe merge) the adapter."""
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        from model.quantize import load_nf4, mxfp4_config, require_mxfp4
+
+        config = config or EngineConfig.from_env()
+        if not config.model_path:
+            raise EngineConfigError("no model configured: set TRIAGE_MODEL_PATH to a local model directory")
+        model_dir = Path(config.model_path)
+        if not (model_dir / "config.json").is_file():
+            raise EngineConfigError(f"TRIAGE_MODEL_PATH: no model at {model_dir} (config.json missing)")
+        device = config.device
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        if device == "cuda" and not torch.cuda.is_available():
+            raise EngineConfigError("device is cuda but no CUDA GPU is available")
+        dtype = _torch_dtype(config.dtype, device)
+
+        if config.quantization == "nf4":
+            model = load_nf4(model_dir, device=device, compute_dtype=dtype, local_files_only=True)
+        elif config.quantization == "mxfp4":
+            require_mxfp4(device)
+            model = AutoModelForCausalLM.from_pretrained(
+                model_dir, quantization_config=mxfp4_config(), dtype=dtype, device_map={"": device}, local_files_only=True
+            )
+        else:
+            model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype, local_files_only=True).to(device)
+
+        adapter_version = "none"
+        if config.adapter_path:
+            from peft import PeftModel
+
+            adapter_dir = Path(config.adapter_path)
+            if not (adapter_dir / "adapter_config.json").is_file():
+                raise EngineConfigError(f"TRIAGE_ADAPTER_PATH: no PEFT adapter at {adapter_dir}")
+            model = PeftModel.from_pretrained(model, adapter_dir, is_trainable=False)
+            if config.merge_adapter:
+                model = model.merge_and_unload()
+            adapter_version = adapter_version_of(adapter_dir)
+        model.eval()
+        tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
+        tokenizer.padding_side = "left"
+        return cls(model, tokenizer, config, model_version=model_version_of(model_dir, config.quantization),
+                   adapter_version=adapter_version, **kwargs)
+
+    # -- generation ------------------------------------------------------------------------------
+
+    def generate_reports(self, prompts: list[str]) -> list[GenerationResult]:
+        """Reports for harmony prompts (ending with `<|start|>assistant`), one generate per phase."""
+        if not prompts:
+            return []
+        with self._lock:
+            return self._generate(list(prompts))
+
+    def _generate(self, prompts: list[str]) -> list[GenerationResult]:
+        import torch
+
+        cfg, tok = self.config, self.tokenizer
+        started = time.perf_counter()
+        if not cfg.greedy:
+            torch.manual_seed(cfg.seed)
+        bases = []
+        for prompt in prompts:
+            ids = tok(prompt, add_special_tokens=False)["input_ids"]
+            tail = tok(ASSISTANT_START, add_special_tokens=False)["input_ids"]
+            bases.append(ids[: -len(tail)] if ids[-len(tail):] == tail else ids)
+        assistant = tok(ASSISTANT_START, add_special_tokens=False)["input_ids"]
+
+        analysis_ids: list[list[int]] = [[] for _ in prompts]
+        if cfg.max_new_tokens_analysis > 0:
+            header = assistant + tok(ANALYSIS_HEADER, add_special_tokens=False)["input_ids"]
+            stops = [self._ids[t] for t in ("<|end|>", "<|return|>", "<|call|>", "<|endoftext|>")]
+            suppress = [self._ids[t] for t in ("<|start|>", "<|message|>", "<|channel|>", "<|constrain|>", "<|startoftext|>")]
+            suppress += [self.pad_id]
+            new = self._run([b + header for b in bases], cfg.max_new_tokens_analysis, eos=stops, suppress_tokens=suppress)
+            for i, row in enumerate(new.tolist()):
+                cut = next((k for k, t in enumerate(row) if t in stops or t == self.pad_id), len(row))
+                analysis_ids[i] = row[:cut]
+            contexts = [b + header + a + [self._ids["<|end|>"]] for b, a in zip(bases, analysis_ids)]
+        else:
+            contexts = list(bases)
+
+        final_header = tok(FINAL_HEADER, add_special_tokens=False)["input_ids"]
+        processor = self.grammar.logits_processor(cfg.max_new_tokens_final, closing_reserve=min(cfg.final_closing_reserve, cfg.max_new_tokens_final))
+        stop = self._ids["<|return|>"]
+        new = self._run([c + final_header for c in contexts], cfg.max_new_tokens_final, eos=[stop], logits_processor=[processor])
+        status = processor.finish(new)
+
+        results = []
+        final_tokens = 0
+        for i, row in enumerate(new.tolist()):
+            body = row[: row.index(stop)] if stop in row else [t for t in row if t != self.pad_id]
+            final_tokens += len(body) + int(stop in row)
+            raw = tok.decode(body, skip_special_tokens=False)
+            complete, failure = status[i]
+            report, error = None, failure
+            if complete:
+                try:
+                    report = self.parse(raw)
+                except ValueError as exc:  # InvalidReport; its message never echoes the text
+                    error = str(exc)
+            self.counters["reports" if report is not None else "rejected"] += 1
+            results.append(GenerationResult(
+                report=report,
+                raw_final=raw,
+                analysis=tok.decode(analysis_ids[i], skip_special_tokens=True),
+                error=error,
+                tokens=len(analysis_ids[i]) + len(body) + int(stop in row),
+            ))
+        elapsed = time.perf_counter() - started
+        generated = sum(r.tokens for r in results)
+        self.counters["closing_steps"] += processor.closing_steps
+        self.last_stats = {
+            "batch_size": len(prompts),
+            "prompt_tokens": sum(len(b) for b in bases),
+            "analysis_tokens": sum(len(a) for a in analysis_ids),
+            "final_tokens": final_tokens,
+            "generated_tokens": generated,
+            "seconds": elapsed,
+            "tokens_per_second": generated / elapsed if elapsed > 0 else 0.0,
+            "rejected": sum(r.report is None for r in results),
+            "closing_steps": processor.closing_steps,
+        }
+        return results
+
+    def _run(self, rows: list[list[int]], max_new_tokens: int, *, eos: list[int], **kwargs: Any):
+        """Left-padded batched generate; returns only the new tokens (batch x steps)."""
+        import torch
+
+        width = max(len(r) for r in rows)
+        ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, r in enumerate(rows):
+            ids[i, width - len(r):] = torch.tensor(r, dtype=torch.long)
+            mask[i, width - len(r):] = 1
+        sampling: dict[str, Any] = {"do_sample": False} if self.config.greedy else {
+            "do_sample": True, "temperature": self.config.temperature, "top_p": self.config.top_p, "top_k": 0,
+        }
+        with torch.inference_mode():
+            out = self.model.generate(
+                input_ids=ids.to(self.device),
+                attention_mask=mask.to(self.device),
+                max_new_tokens=max_new_tokens,
+                eos_token_id=eos,
+                pad_token_id=self.pad_id,
+                **sampling,
+                **kwargs,
+            )
+        return out[:, width:].cpu()
+
+
+def _torch_dtype(name: str, device: str):
+    import torch
+
+    if name == "auto":
+        return torch.bfloat16 if device == "cuda" else torch.float32
+    return getattr(torch, name)
+
+
+def _short_hash(*parts: bytes) -> str:
+    digest = hashlib.sha256()
+    for part in parts:
+        digest.update(part)
+    return digest.hexdigest()[:12]
+
+
+def model_version_of(model_dir: str | os.PathLike[str], quantization: str = "none") -> str:
+    """`<name>@<hash of config.json and the weight files' names and sizes>[+quantization]`.
+
+    Cheap on a 40 GB checkpoint (no weight bytes are read) and changes with any re-export.
+    """
+    path = Path(model_dir)
+    config = json.loads((path / "config.json").read_text())
+    weights = sorted(p for p in path.iterdir() if p.suffix in (".safetensors", ".bin"))
+    digest = _short_hash((path / "config.json").read_bytes(), *(f"{p.name}:{p.stat().st_size}".encode() for p in weights))
+    name = config.get("_name_or_path") or path.name
+    name = Path(str(name)).name or path.name
+    return f"{name}@{digest}" + ("" if quantization == "none" else f"+{quantization}")
+
+
+def adapter_version_of(adapter_dir: str | os.PathLike[str]) -> str:
+    """`<name>@<hash of adapter_config.json and the adapter weights>` (adapters are small)."""
+    path = Path(adapter_dir)
+    weights = sorted(p for p in path.iterdir() if p.name.startswith("adapter_model"))
+    digest = _short_hash((path / "adapter_config.json").read_bytes(), *(p.read_bytes() for p in weights))
+    return f"{path.name}@{digest}"
