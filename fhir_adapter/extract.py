@@ -494,10 +494,16 @@ def build_record(
     """
     counter = StatsCounter()
     models: list[Resource] = []
+    observations: list[dict[str, Any]] = []
     for key, value in data.items():
         if value is None:
             continue
-        models.extend(parse_many(bundle_entries(value), stats=counter))
+        others = []
+        for raw in bundle_entries(value):
+            is_obs = isinstance(raw, dict) and raw.get("resourceType") == "Observation"
+            (observations if is_obs else others).append(raw)
+        models.extend(parse_many(others, stats=counter))
+    models.extend(_newest_vitals(observations, counter))
     patient = data.get("patient")
     is_patient = isinstance(patient, Mapping) and patient.get("resourceType") == "Patient"
     patient_id = patient.get("id") if is_patient else None
@@ -505,3 +511,72 @@ def build_record(
     if encounter_id is None and isinstance(enc, Mapping) and enc.get("resourceType") == "Encounter":
         encounter_id = enc.get("id")
     return record_from_resources(models, patient_id, as_of, encounter_id=encounter_id, stats=counter.freeze())
+
+
+def _raw_obs_time(raw: Mapping[str, Any]) -> datetime | None:
+    period = raw.get("effectivePeriod")
+    when = (raw.get("effectiveDateTime") or raw.get("effectiveInstant")
+            or (period.get("start") if isinstance(period, Mapping) else None) or raw.get("issued"))
+    try:
+        return to_datetime(when)
+    except (TypeError, ValueError):
+        return None
+
+
+def _raw_obs_codes(raw: Mapping[str, Any]) -> set[str]:
+    out: set[str] = set()
+    for holder in (raw, *(c for c in raw.get("component") or () if isinstance(c, Mapping))):
+        code = holder.get("code")
+        for c in (code.get("coding") or ()) if isinstance(code, Mapping) else ():
+            if isinstance(c, Mapping) and isinstance(c.get("code"), str):
+                out.add(c["code"])
+    return out
+
+
+def _newest_vitals(observations: list[dict[str, Any]], counter: StatsCounter) -> list[Resource]:
+    """Validate vital-sign Observations newest first, only until each code has a reading.
+
+    A chart carries years of vitals and the record keeps only the newest per LOINC; validating
+    every old reading cost ~75% of the hook's time. Entries with the same time as a used reading
+    are all validated (so an invalid twin is still skipped and counted); older readings of codes
+    already satisfied, and non-vital Observations, are counted as ignored, never used.
+    """
+    keyed = []
+    for raw in observations:
+        codes_ = _raw_obs_codes(raw) if isinstance(raw, Mapping) else set()
+        keyed.append((_raw_obs_time(raw) if isinstance(raw, Mapping) else None, codes_, raw))
+    keyed.sort(key=lambda item: item[0] or _MIN_DT, reverse=True)
+    satisfied: set[str] = set()
+    out: list[Resource] = []
+    i = 0
+    while i < len(keyed):
+        when = keyed[i][0]
+        group = []
+        while i < len(keyed) and keyed[i][0] == when:
+            group.append(keyed[i])
+            i += 1
+        found: set[str] = set()
+        for _, codes_, raw in group:
+            vital_codes = codes_ & codes.VITAL_LOINCS
+            category_vital = any(
+                isinstance(c, Mapping) and c.get("code") == codes.VITAL_SIGNS_CATEGORY
+                for cat in (raw.get("category") or () if isinstance(raw, Mapping) else ())
+                if isinstance(cat, Mapping) for c in cat.get("coding") or ()
+            )
+            if codes_ and not vital_codes and not category_vital:
+                counter.ignored += 1  # labs and other non-vital Observations: not used here
+                continue
+            key = vital_codes or codes_
+            if key and key <= satisfied:
+                counter.ignored += 1  # an older reading of codes that already have a newer one
+                continue
+            for res in parse_many([raw], stats=counter):
+                out.append(res)
+                if res.status in _EXCLUDED_OBS_STATUS:
+                    continue
+                for v in _observation_vitals(res):
+                    if v.value is not None or v.value_code is not None or v.components:
+                        found.add(v.loinc)
+                        found.update(v.components)
+        satisfied |= found
+    return out
