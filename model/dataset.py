@@ -1,0 +1,990 @@
+"""`triage dataset build`: a FHIR Bulk export -> a de-identified, leak-checked, patient-split
+fine-tuning set with a dataset card, a manifest and an audit report.
+
+Pipeline (each step streams; memory is bounded by one patient per worker plus a small window):
+
+1. A first pass over the identity-bearing resources (Patient, RelatedPerson, Practitioner,
+   Organization, Location) builds the export's identifier set for the leak checks.
+2. Patients stream from `fhir_adapter.bulk` (a compact index, then one patient's lines at a time).
+   Each patient becomes a shard file `.work/shards/<pseudonym>.json` (atomic): one example per
+   encounter with a diagnosis to learn from, built from a `DeidentifiedRecord` (via `model.prompts`)
+   and the scrubbed note, then searched for every identifier of the export; a hit drops the example.
+   Shards are idempotent, so an interrupted build resumes, and patients can be spread over machines
+   (`--shard K/N`, docs/datasets.md).
+3. A deterministic merge writes the splits (by keyed hash of the patient pseudonym and the seed),
+   Parquet and seed-format copies, then every output file is scanned again; any hit fails the build.
+"""
+from __future__ import annotations
+
+import base64
+import binascii
+import contextlib
+import dataclasses
+import hashlib
+import hmac
+import json
+import os
+import re
+import shutil
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from .acuity import Acuity
+from .dataset_card import (
+    AUDIT_NAME,
+    CARD_NAME,
+    MANIFEST_NAME,
+    atomic_open,
+    dumps_line,
+    sha256_file,
+    write_card,
+    write_json,
+    write_parquet,
+)
+
+SPLITS = ("train", "validation", "test")
+FORMATS = ("chat", "seed", "parquet")
+WORK_DIR = ".work"
+IDENTITY_TYPES = ("Patient", "RelatedPerson", "Practitioner", "Organization", "Location")
+SHARD_VERSION = 1
+
+# v3 ActPriority -> acuity. Only codes that state urgency; callback/timing codes carry none.
+PRIORITY_ACUITY: dict[str, int] = {
+    "S": Acuity.RESUSCITATION,  # stat
+    "EM": Acuity.EMERGENT,  # emergency
+    "A": Acuity.EMERGENT,  # ASAP
+    "UR": Acuity.URGENT,  # urgent
+    "R": Acuity.NON_URGENT,  # routine
+    "EL": Acuity.NON_URGENT,  # elective
+}
+# v3 ActCode encounter class -> acuity. The class says where care happened, not how sick the
+# patient was, so only the emergency class is mapped, to the conservative (over-triage) level 2:
+# under-triage is the costly error. Every other class stays unlabelled. `--no-class-acuity` turns
+# this off; each example records its `label_source`.
+CLASS_ACUITY: dict[str, int] = {"EMER": Acuity.EMERGENT}
+
+
+class DatasetError(RuntimeError):
+    """A build cannot start or must stop; the message is one line and holds no PHI."""
+
+
+class LeakFound(DatasetError):
+    """An identifier reached an output file: the build fails (outputs are left for inspection)."""
+
+
+# ---- settings and results ---------------------------------------------------------------------
+
+@dataclass
+class BuildConfig:
+    input: Path
+    output: Path
+    key_file: Path | None
+    seed: int = 13
+    split: tuple[float, float, float] = (0.8, 0.1, 0.1)
+    formats: tuple[str, ...] = ("chat", "seed", "parquet")
+    workers: int = 1
+    resume: bool = False
+    overwrite: bool = False
+    max_encounters: int | None = None  # per patient, newest kept out: the first N by date
+    class_acuity: dict[str, int] = field(default_factory=lambda: dict(CLASS_ACUITY))
+    shard: tuple[int, int] | None = None  # (k, n): build only patients whose bucket mod n == k
+    progress: bool = True
+    window: int = 0  # patients in flight with workers (0: 2 x workers)
+
+    def settings(self) -> dict[str, Any]:
+        """What the output depends on (recorded in the manifest; checked on --resume)."""
+        return {
+            "seed": self.seed,
+            "split": list(self.split),
+            "formats": sorted(self.formats),
+            "max_encounters": self.max_encounters,
+            "class_acuity": {k: int(v) for k, v in sorted(self.class_acuity.items())},
+            "priority_acuity": {k: int(v) for k, v in sorted(PRIORITY_ACUITY.items())},
+        }
+
+
+@dataclass
+class BuildResult:
+    output: Path
+    manifest: dict[str, Any]
+    elapsed_s: float
+    merged: bool
+
+    @property
+    def counts(self) -> dict[str, Any]:
+        return self.manifest.get("counts", {})
+
+
+def parse_split(text: str) -> tuple[float, float, float]:
+    try:
+        parts = tuple(float(p) for p in text.split(","))
+    except ValueError:
+        raise DatasetError(f"--split must be three numbers like 0.8,0.1,0.1 (got {text!r})") from None
+    if len(parts) != 3 or any(p < 0 for p in parts) or abs(sum(parts) - 1.0) > 1e-6:
+        raise DatasetError("--split must be three non-negative ratios that add up to 1")
+    return parts  # type: ignore[return-value]
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    m = re.fullmatch(r"(\d+)/(\d+)", text.strip())
+    if not m or int(m.group(2)) < 1 or int(m.group(1)) >= int(m.group(2)):
+        raise DatasetError("--shard must be K/N with 0 <= K < N, e.g. 0/4")
+    return int(m.group(1)), int(m.group(2))
+
+
+def tool_version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("triage-cds")
+    except Exception:  # noqa: BLE001 - not installed: the source tree's version
+        return "0+unknown"
+
+
+# ---- leak scanning at scale -------------------------------------------------------------------
+
+_TOKEN = re.compile(r"[^\W\d_]+|\d+")
+
+
+def _tokens(text: str) -> list[str]:
+    return _TOKEN.findall(text.casefold())
+
+
+class LeakScanner:
+    """`IdentifierSet.find` semantics at the size of a whole export.
+
+    One regex alternation over tens of thousands of names is slow (it tries every branch at every
+    position). A term can only match where all its letter and digit runs occur as runs of the text,
+    so candidates are found by token lookup, then confirmed by `IdentifierSet.find` on the few
+    candidates: same answers, far less work.
+    """
+
+    def __init__(self, identifiers: Any) -> None:
+        from deidentify.leaks import IdentifierSet
+
+        self._cls = IdentifierSet
+        self.size = 0
+        self._by_token: dict[str, list[tuple[str, str, frozenset[str]]]] = {}
+        self._phones: dict[str, list[str]] = {}
+        for kind, values in identifiers.terms.items():
+            for value in values:
+                self.size += 1
+                if kind == "PHONE":
+                    self._phones.setdefault(value[-7:], []).append(value)
+                    continue
+                toks = _tokens(value)
+                if not toks:
+                    continue
+                key = max(toks, key=len)
+                self._by_token.setdefault(key, []).append((kind, value, frozenset(toks)))
+
+    def find(self, text: str) -> Counter[str]:
+        if not text:
+            return Counter()
+        toks = set(_tokens(text))
+        cand: dict[str, set[str]] = {}
+        for tok in toks:
+            for kind, value, need in self._by_token.get(tok, ()):
+                if need <= toks:
+                    cand.setdefault(kind, set()).add(value)
+        if self._phones:
+            digits = re.sub(r"\D", "", text)
+            for i in range(max(0, len(digits) - 6)):
+                for phone in self._phones.get(digits[i : i + 7], ()):
+                    cand.setdefault("PHONE", set()).add(phone)
+        if not cand:
+            return Counter()
+        return self._cls(terms=cand).find(text)
+
+
+def json_strings(value: Any) -> str:
+    from deidentify.leaks import payload_text
+
+    return payload_text(value)
+
+
+# ---- note parsing -----------------------------------------------------------------------------
+
+_HEADING = re.compile(r"^(#{1,6})\s+(.+?)\s*$", re.M)
+_UNSAFE = re.compile(r'[\x00-\x1f"\\]+')
+
+
+def note_sections(text: str) -> dict[str, str]:
+    """Level-1 Markdown sections of a note (Synthea's notes): lowercased heading -> body."""
+    out: dict[str, str] = {}
+    marks = [(m.start(), m.end(), len(m.group(1)), m.group(2).strip().casefold()) for m in _HEADING.finditer(text)]
+    tops = [m for m in marks if m[2] == 1]
+    for i, (_, end, _, name) in enumerate(tops):
+        stop = tops[i + 1][0] if i + 1 < len(tops) else len(text)
+        out[name] = text[end:stop].strip()
+    return out
+
+
+def decode_note(doc: Mapping[str, Any]) -> str | None:
+    texts = []
+    for content in doc.get("content") or []:
+        att = content.get("attachment") if isinstance(content, Mapping) else None
+        if not isinstance(att, Mapping) or not isinstance(att.get("data"), str):
+            continue
+        ctype = str(att.get("contentType") or "").split(";")[0].strip().casefold()
+        if ctype not in ("text/plain", "text/markdown", ""):
+            continue
+        try:
+            texts.append(base64.b64decode(att["data"], validate=False).decode("utf-8", errors="replace"))
+        except (binascii.Error, ValueError):
+            continue
+    text = "\n\n".join(t for t in texts if t.strip())
+    return text or None
+
+
+def _one_line(text: str, limit: int) -> str:
+    """A TriageReport-safe string: one line, no quotes/backslashes/control characters, bounded."""
+    text = " ".join(_UNSAFE.sub(" ", text).split())
+    if len(text) <= limit:
+        return text
+    cut = text[: limit - 1].rsplit(" ", 1)[0].rstrip(" ,;:")
+    return (cut or text[: limit - 1]) + "…"
+
+
+def plan_actions(plan: str, limit: int = 6) -> list[str]:
+    """Plan bullets as actions, labelled by the line that introduces them, duplicates removed."""
+    label = ""
+    out: list[str] = []
+    for line in plan.splitlines():
+        s = line.strip()
+        if not s or s.startswith("#"):
+            continue
+        if s.startswith(("- ", "* ")):
+            item = s[2:].strip()
+            if item:
+                action = _one_line(f"{label}{item}", 160)
+                if action not in out:
+                    out.append(action)
+        elif s.endswith(":"):
+            low = s.casefold()
+            label = (
+                "Procedure: " if "procedure" in low else
+                "Medication: " if "medication" in low else
+                "Care plan: " if "careplan" in low or "care plan" in low else
+                "Immunization: " if "immuniz" in low else ""
+            )
+    return out[:limit]
+
+
+# ---- one patient ------------------------------------------------------------------------------
+
+def _ref_id(ref: Any, rtype: str) -> str | None:
+    if isinstance(ref, Mapping) and isinstance(ref.get("reference"), str):
+        text = ref["reference"]
+        if text.startswith("urn:uuid:"):
+            return text[9:]
+        parts = text.split("/")
+        if len(parts) >= 2 and parts[-2] == rtype:
+            return parts[-1]
+    return None
+
+
+_PERSON_REF_TYPES = {"Patient", "Practitioner", "PractitionerRole", "RelatedPerson"}
+
+
+def _clinical_displays(node: Any, out: set[str], keep: set[str]) -> None:
+    """Split Reference displays into those naming a person (`keep`) and the others (`out`).
+
+    `record_from_resources` treats every Reference.display as a possible name, and the record's
+    own leak check splits each into words. A Condition display ("Essential hypertension
+    (disorder)") or a facility name ("... URGENT CARE") then makes "care" or "hypertension" an
+    identifier, and notes full of them fail. Facility names stay covered: the export-wide check
+    searches every Organization and Location name whole.
+    """
+    if isinstance(node, Mapping):
+        ref, display = node.get("reference"), node.get("display")
+        if isinstance(ref, str) and isinstance(display, str):
+            rtype = re.split(r"[/?]", ref.removeprefix("urn:uuid:"), maxsplit=1)[0]
+            (keep if rtype in _PERSON_REF_TYPES or "/" not in ref and "?" not in ref else out).add(display)
+        for v in node.values():
+            if isinstance(v, (Mapping, list)):
+                _clinical_displays(v, out, keep)
+    elif isinstance(node, list):
+        for v in node:
+            if isinstance(v, (Mapping, list)):
+                _clinical_displays(v, out, keep)
+
+
+def _codes_key(concept: Any) -> tuple[tuple[str | None, str | None], ...]:
+    if not isinstance(concept, Mapping):
+        return ()
+    return tuple((c.get("system"), c.get("code")) for c in concept.get("coding") or [] if isinstance(c, Mapping))
+
+
+@dataclass
+class _Worker:
+    """Per-process state: the key (read from the key file here, never sent), the scrubber, the
+    export's identifier set."""
+
+    deid: Any
+    scanner: LeakScanner
+    config: BuildConfig
+    prompts: Any
+
+
+_STATE: _Worker | None = None
+
+
+def make_scrubber() -> Any:
+    try:
+        from deidentify.text import TextScrubber
+    except ImportError as exc:  # fail closed: no scrubber, no free text, no dataset
+        raise DatasetError(f"the free-text scrubber is not available ({exc.name})") from None
+    return TextScrubber()
+
+
+def _init_worker(config: BuildConfig, identifiers: Any) -> None:
+    global _STATE
+    from deidentify.deidentifier import Deidentifier as _D
+    from deidentify.pseudonym import load_key
+
+    from . import prompts
+
+    _STATE = _Worker(
+        deid=_D(load_key(config.key_file), scrubber=make_scrubber()),
+        scanner=LeakScanner(identifiers),
+        config=config,
+        prompts=prompts,
+    )
+
+
+def _label(enc: Mapping[str, Any], class_map: Mapping[str, int]) -> tuple[int | None, str | None]:
+    for c in (enc.get("priority") or {}).get("coding") or []:
+        level = PRIORITY_ACUITY.get(str(c.get("code")))
+        if level is not None:
+            return int(level), "encounter.priority"
+    code = (enc.get("class") or {}).get("code")
+    if code in class_map:
+        return int(class_map[code]), "encounter.class"
+    return None, None
+
+
+def _sort_time(res: Mapping[str, Any]) -> str:
+    period = res.get("period") or {}
+    return str(period.get("start") or "")
+
+
+def patient_shard(raw: list[dict[str, Any]], shared_raw: list[dict[str, Any]], state: _Worker) -> dict[str, Any]:
+    """All examples and counts of one patient (runs in a worker; returns de-identified data only)."""
+    from deidentify.leaks import LeakDetected
+    from deidentify.record import DeidentifiedRecord
+    from fhir_adapter.extract import RecordError, record_from_resources, to_datetime
+    from fhir_adapter.parse import StatsCounter, parse_many
+
+    cfg = state.config
+    deid = state.deid
+    counts: Counter[str] = Counter()
+    drops: Counter[str] = Counter()
+    leak_types: Counter[str] = Counter()
+    removed: dict[str, Counter[str]] = {}
+    labels: Counter[str] = Counter()
+    sources: Counter[str] = Counter()
+    examples: list[dict[str, Any]] = []
+
+    stats = StatsCounter()
+    models = parse_many([*raw, *shared_raw], stats=stats)
+    patient_raw = next(r for r in raw if r.get("resourceType") == "Patient")
+    pid = patient_raw["id"]
+    by_type: dict[str, list[Any]] = {}
+    for m in models:
+        by_type.setdefault(m.get_resource_type(), []).append(m)
+    try:
+        base = record_from_resources(models, pid, None)  # full history, identity with every display
+    except RecordError:
+        return {"pseudonym": deid.pseudonym("Patient", pid), "examples": [], "stats": {"dropped": {"invalid_patient": 1}}}
+    pseudonym = deid.pseudonym("Patient", pid)
+    clinical: set[str] = set()
+    people: set[str] = set()
+    _clinical_displays(raw, clinical, people)
+    identity = dataclasses.replace(
+        base.identity, other_names=tuple(n for n in base.identity.other_names if n not in clinical - people)
+    )
+    base = dataclasses.replace(base, identity=identity)
+
+    # Structured identifiers removed once per patient (the identity alone).
+    identity_only = deid.record(dataclasses.replace(base, conditions=(), vitals={}, allergies=(), medications=(),
+                                                    encounter=None, notes=()))
+    base_removed = Counter(identity_only.removed)
+    removed["Patient"] = Counter({k: v for k, v in base_removed.items()})
+
+    # Raw facts the entries do not carry: condition encounter and abatement, allergy dates.
+    cond_info: dict[tuple[Any, ...], tuple[str | None, datetime | None]] = {}
+    for r in raw:
+        if r.get("resourceType") != "Condition":
+            continue
+        onset = to_datetime(r.get("onsetDateTime") or (r.get("onsetPeriod") or {}).get("start"))
+        key = (_codes_key(r.get("code")), onset, to_datetime(r.get("recordedDate")))
+        abated = to_datetime(r.get("abatementDateTime") or (r.get("abatementPeriod") or {}).get("end"))
+        cond_info[key] = (_ref_id(r.get("encounter"), "Encounter"), abated)
+    allergy_dates = {
+        _codes_key(r.get("code")): to_datetime(r.get("recordedDate") or r.get("onsetDateTime"))
+        for r in raw if r.get("resourceType") == "AllergyIntolerance"
+    }
+    notes_by_enc: dict[str, list[str]] = {}
+    for r in raw:
+        if r.get("resourceType") != "DocumentReference" or r.get("status") == "entered-in-error":
+            continue
+        for ref in (r.get("context") or {}).get("encounter") or []:
+            eid = _ref_id(ref, "Encounter")
+            text = decode_note(r)
+            if eid and text:
+                notes_by_enc.setdefault(eid, []).append(text)
+    obs_by_enc: dict[str, list[Any]] = {}
+    for m in by_type.get("Observation", ()):
+        eid = (m.encounter.reference or "").split("/")[-1] if m.encounter is not None else None
+        if eid:
+            obs_by_enc.setdefault(eid, []).append(m)
+    patient_model = by_type["Patient"][0]
+    enc_models = {m.id: m for m in by_type.get("Encounter", ())}
+    encounters = sorted((r for r in raw if r.get("resourceType") == "Encounter" and r.get("id") in enc_models),
+                        key=lambda r: (_sort_time(r), r.get("id")))
+    counts["encounters"] = len(encounters)
+    if cfg.max_encounters is not None and len(encounters) > cfg.max_encounters:
+        counts["encounters_capped"] = len(encounters) - cfg.max_encounters
+        encounters = encounters[: cfg.max_encounters]
+
+    for ordinal, enc in enumerate(encounters):
+        eid = enc["id"]
+        start = to_datetime((enc.get("period") or {}).get("start"))
+        if start is None:
+            drops["encounter_without_start"] += 1
+            continue
+        # The encounter's diagnoses (target) and the history before it (input).
+        diagnoses: list[str] = []
+        history = []
+        for c in base.conditions:
+            key = (tuple((x.system, x.code) for x in c.codings), c.onset, c.recorded)
+            enc_ref, abated = cond_info.get(key, (None, None))
+            if enc_ref == eid:
+                if c.verification_status not in ("refuted", "entered-in-error"):
+                    name = next((x.display for x in c.codings if x.display), None) or c.text
+                    if name and name not in diagnoses:
+                        diagnoses.append(name)
+                continue
+            when = c.onset or c.recorded
+            if when is None or when >= start:
+                continue
+            status = "resolved" if abated is not None and abated <= start else "active"
+            history.append(dataclasses.replace(c, clinical_status=status))
+        meds = tuple(m for m in base.medications if m.authored is None or m.authored < start)
+        allergies = tuple(
+            a for a in base.allergies
+            if (d := allergy_dates.get(tuple((x.system, x.code) for x in a.codings))) is None or d <= start
+        )
+        note = "\n\n".join(notes_by_enc.get(eid, []))
+        sections = note_sections(note) if note else {}
+        presenting = "\n\n".join(
+            f"{title}: {sections[key]}" for key, title in
+            (("chief complaint", "Chief complaint"), ("history of present illness", "History of present illness"))
+            if sections.get(key)
+        )
+        ap = sections.get("assessment and plan", "")
+        reasons_present = bool(enc.get("reasonCode"))
+        if not diagnoses and not reasons_present:
+            drops["no_diagnosis"] += 1
+            continue
+        level, source = _label(enc, cfg.class_acuity)
+
+        try:
+            visit = record_from_resources([patient_model, enc_models[eid], *obs_by_enc.get(eid, ())], pid, start,
+                                          encounter_id=eid, history_only=True)
+        except RecordError:
+            drops["invalid_encounter"] += 1
+            continue
+        texts = [t for t in (presenting, ap) if t.strip()]
+        record = dataclasses.replace(
+            visit, identity=base.identity, conditions=tuple(history), medications=meds, allergies=allergies,
+            notes=tuple(texts),
+        )
+        try:
+            d = deid.record(record)
+        except LeakDetected as exc:
+            drops["leak_in_deidentification"] += 1
+            leak_types.update(exc.types)
+            continue
+        if len(d.notes) != len(texts):
+            drops["note_lost_in_scrubbing"] += 1
+            continue
+        text_removed = Counter(d.removed)
+        text_removed.subtract(base_removed)
+        removed.setdefault("DocumentReference/Encounter text", Counter()).update(
+            {k: v for k, v in text_removed.items() if v > 0}
+        )
+        scrubbed = dict(zip([t for t in ("presenting", "ap") if (presenting if t == "presenting" else ap).strip()], d.notes))
+        payload = d.to_payload()
+        payload["notes"] = [scrubbed["presenting"]] if "presenting" in scrubbed else []
+        shown = DeidentifiedRecord.from_payload(payload)
+
+        if not diagnoses:
+            diagnoses = list(shown.encounter.reasons if shown.encounter else ())
+            rationale = "Documented reason for the encounter"
+        else:
+            rationale = "Recorded as a diagnosis of this encounter"
+        if not diagnoses:
+            drops["no_diagnosis"] += 1
+            continue
+        report = target_report(diagnoses, scrubbed.get("ap", ""), level, rationale)
+        if report is None:
+            drops["invalid_report"] += 1
+            continue
+        answer = json.dumps(report, ensure_ascii=False, separators=(",", ":"))
+        try:
+            row = state.prompts.chat_example(state.prompts.build_messages(shown), answer)
+            seed_text = state.prompts.seed_example(state.prompts.seed_prompt(shown), answer) if "seed" in cfg.formats else None
+        except Exception:  # noqa: BLE001 - never show the record; count and go on
+            drops["prompt_failed"] += 1
+            continue
+        example = {
+            "id": f"{pseudonym}-e{ordinal}",
+            "patient": pseudonym,
+            "acuity": level,
+            "label_source": source,
+            "messages": row["messages"],
+            "chat_template_kwargs": row.get("chat_template_kwargs"),
+        }
+        hits = state.scanner.find(json_strings([example, seed_text]))
+        if hits:
+            drops["leak_check"] += 1
+            leak_types.update(hits)
+            continue
+        if seed_text is not None:
+            example["_seed"] = seed_text
+        examples.append(example)
+        if level is None:
+            labels["unlabelled"] += 1
+        else:
+            labels[str(level)] += 1
+            sources[source or ""] += 1
+
+    return {
+        "version": SHARD_VERSION,
+        "pseudonym": pseudonym,
+        "examples": examples,
+        "stats": {
+            "encounters": counts["encounters"],
+            "encounters_capped": counts["encounters_capped"],
+            "dropped": dict(sorted(drops.items())),
+            "leak_types": dict(sorted(leak_types.items())),
+            "removed": {k: dict(sorted(v.items())) for k, v in sorted(removed.items())},
+            "labels": dict(sorted(labels.items())),
+            "label_sources": dict(sorted(sources.items())),
+            "parse_skipped": dict(sorted(stats.freeze().skipped_by_type.items())),
+        },
+    }
+
+
+def target_report(diagnoses: Sequence[str], assessment_plan: str, acuity: int | None, rationale: str) -> dict[str, Any] | None:
+    """The preliminary report drawn from the record, in TriageReport's shape; acuity only if given.
+
+    Nothing is invented: no red flags or questions (the record holds none), diagnoses as recorded.
+    """
+    from pydantic import ValidationError
+
+    from .report import TriageReport
+
+    plan_at = assessment_plan.casefold().find("## plan")
+    assessment = assessment_plan[:plan_at] if plan_at >= 0 else assessment_plan
+    plan = assessment_plan[plan_at:] if plan_at >= 0 else ""
+    names = [_one_line(d, 80) for d in diagnoses][:5]
+    summary = _one_line("Preliminary: " + "; ".join(names), 139)
+    reasoning = _one_line(assessment, 400) if assessment.strip() else _one_line("Documented: " + "; ".join(names), 400)
+    report = {
+        "acuity": acuity,
+        "summary": summary,
+        "differential": [{"condition": n, "likelihood": "high", "rationale": rationale} for n in names],
+        "red_flags": [],
+        "recommended_actions": plan_actions(plan),
+        "questions_to_ask": [],
+        "reasoning_summary": reasoning,
+    }
+    try:  # validate the shape; an unlabelled report is checked with a placeholder acuity
+        checked = TriageReport.model_validate({**report, "acuity": acuity if acuity is not None else 3})
+    except ValidationError:
+        return None
+    out = checked.model_dump(mode="json")
+    out["acuity"] = acuity
+    return out
+
+
+# ---- the build --------------------------------------------------------------------------------
+
+def split_of(pseudonym: str, seed: int, ratios: Sequence[float]) -> str:
+    """Deterministic split by keyed hash of the pseudonym: a patient is in exactly one split."""
+    digest = hmac.new(str(seed).encode(), pseudonym.encode(), hashlib.sha256).digest()
+    x = int.from_bytes(digest[:8], "big") / 2**64
+    acc = 0.0
+    for name, r in zip(SPLITS, ratios):
+        acc += r
+        if x < acc:
+            return name
+    return SPLITS[-1]
+
+
+def _shard_bucket(pseudonym: str, n: int) -> int:
+    return int.from_bytes(hashlib.sha256(pseudonym.encode()).digest()[:8], "big") % n
+
+
+def _owned(output: Path) -> list[Path]:
+    names = [f"{s}.{ext}" for s in SPLITS for ext in ("jsonl", "parquet")]
+    names += [CARD_NAME, MANIFEST_NAME, AUDIT_NAME, "seed", WORK_DIR]
+    return [output / n for n in names]
+
+
+def _prepare_output(cfg: BuildConfig) -> None:
+    out = cfg.output
+    if out.exists() and not out.is_dir():
+        raise DatasetError(f"output {out} exists and is not a folder")
+    if cfg.resume and cfg.overwrite:
+        raise DatasetError("choose one of --resume and --overwrite")
+    if out.is_dir() and any(out.iterdir()):
+        if cfg.overwrite:
+            for p in _owned(out):
+                if p.is_dir():
+                    shutil.rmtree(p)
+                elif p.exists():
+                    p.unlink()
+        elif not cfg.resume:
+            raise DatasetError(f"output folder {out} is not empty: pass --resume to continue or --overwrite to replace it")
+    out.mkdir(parents=True, exist_ok=True)
+    for stale in out.glob(".*.tmp"):  # left by a killed build
+        stale.unlink()
+    for stale in (out / WORK_DIR / "shards").glob(".*.tmp"):
+        stale.unlink()
+
+
+def _input_files(path: Path) -> list[dict[str, Any]]:
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    return [
+        {"path": str(p.relative_to(path) if path.is_dir() else p.name), "bytes": p.stat().st_size, "sha256": sha256_file(p)}
+        for p in files
+    ]
+
+
+def _state_check(cfg: BuildConfig, inputs: list[dict[str, Any]], fingerprint: str) -> None:
+    """A work folder belongs to one input, key and settings; resuming anything else is refused."""
+    work = cfg.output / WORK_DIR
+    state = {"inputs": inputs, "key_fingerprint": fingerprint, "settings": cfg.settings(), "shard_version": SHARD_VERSION}
+    path = work / "state.json"
+    if path.is_file():
+        old = json.loads(path.read_text(encoding="utf-8"))
+        if old != json.loads(json.dumps(state)):
+            raise DatasetError(
+                f"{work} holds a build of other inputs, key or settings: use --overwrite to start again"
+            )
+        return
+    write_json(path, state)
+
+
+def _progress(total: int | None, desc: str, enabled: bool) -> Any:
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit="patient", file=sys.stderr,
+                disable=not enabled or not sys.stderr.isatty(), leave=False)
+
+
+def export_identifiers(path: Path) -> Any:
+    """Every identifier of every identity-bearing resource in the export (first pass)."""
+    from deidentify.leaks import IdentifierSet
+    from fhir_adapter.bulk import BulkReader
+
+    ids = IdentifierSet()
+    with BulkReader(path, types=()) as reader:
+        for src in reader.sources():
+            rtype = src.name.split(".")[0].split("-")[0]
+            if src.kind == "ndjson" and rtype not in IDENTITY_TYPES:
+                continue
+            with BulkReader(src.path, types=()) as one:
+                batch = [r for r in one.iter_resources() if r.get("resourceType") in IDENTITY_TYPES]
+                ids.update(IdentifierSet.from_resources(batch))
+    return ids
+
+
+def build(cfg: BuildConfig, *, echo: Callable[[str], None] | None = None) -> BuildResult:
+    """Run (or resume) a build. Raises DatasetError with a one-line message on bad input."""
+    t0 = time.monotonic()
+    from deidentify.pseudonym import MissingKeyError, key_fingerprint, load_key
+    from fhir_adapter.bulk import BadLine, BulkError, BulkReader
+
+    if not cfg.input.exists():
+        raise DatasetError(f"input {cfg.input} does not exist")
+    if not os.access(cfg.input, os.R_OK):
+        raise DatasetError(f"input {cfg.input} is not readable")
+    unknown = set(cfg.formats) - set(FORMATS)
+    if unknown or "chat" not in cfg.formats:
+        raise DatasetError(f"--format takes chat (always), seed, parquet; got {','.join(sorted(cfg.formats))}")
+    try:
+        key = load_key(cfg.key_file)
+    except MissingKeyError as exc:
+        raise DatasetError(str(exc)) from None
+    fingerprint = key_fingerprint(key)
+    pseudonymize = _pseudonym_fn(key)
+    del key
+    _prepare_output(cfg)
+    try:
+        inputs = _input_files(cfg.input)
+    except OSError as exc:
+        raise DatasetError(f"input {cfg.input} cannot be read ({exc.strerror or type(exc).__name__})") from None
+    _state_check(cfg, inputs, fingerprint)
+    shards = cfg.output / WORK_DIR / "shards"
+    shards.mkdir(parents=True, exist_ok=True)
+
+    bad_lines: list[BadLine] = []
+    seen_bad: set[tuple[str, int]] = set()
+
+    def on_bad(b: BadLine) -> None:
+        if (b.file, b.line_number) not in seen_bad:
+            seen_bad.add((b.file, b.line_number))
+            bad_lines.append(b)
+            if echo:
+                echo(f"skipped {b.file} line {b.line_number}: {b.reason}")
+
+    try:
+        identifiers = export_identifiers(cfg.input)
+        reader = BulkReader(cfg.input, on_bad_line=on_bad, types=())
+        patient_ids = reader.patient_ids()
+    except BulkError as exc:
+        raise DatasetError(str(exc)) from None
+    except OSError as exc:
+        raise DatasetError(f"input {cfg.input} cannot be read ({exc.strerror or type(exc).__name__})") from None
+
+    pseudonyms: list[str] = []
+    todo_total = 0
+
+    def todo() -> Iterator[tuple[str, list[dict[str, Any]], list[dict[str, Any]]]]:
+        nonlocal todo_total
+        for p in reader.iter_patients():
+            ps = pseudonymize(p.patient_id)
+            if cfg.shard is not None and _shard_bucket(ps, cfg.shard[1]) != cfg.shard[0]:
+                continue
+            pseudonyms.append(ps)
+            if (shards / f"{ps}.json").is_file():
+                continue  # done by an earlier (interrupted) run
+            todo_total += 1
+            yield ps, p.raw, p.shared_raw
+
+    bar = _progress(len(patient_ids), "patients", cfg.progress)
+    try:
+        with reader:
+            for ps, shard in _run(todo(), cfg, identifiers):
+                with atomic_open(shards / f"{ps}.json") as fh:
+                    json.dump(shard, fh, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+                bar.update(1)
+    finally:
+        bar.close()
+
+    if cfg.shard is not None:  # this machine's part only; a run without --shard merges
+        manifest = {"counts": {"patients": len(pseudonyms), "built_now": todo_total}, "shard": list(cfg.shard)}
+        return BuildResult(cfg.output, manifest, time.monotonic() - t0, merged=False)
+
+    manifest, audit = merge(cfg, sorted(set(pseudonyms)), inputs, fingerprint, bad_lines, identifiers,
+                            encounters_total=None)
+    manifest["counts"]["built_now"] = todo_total
+    return BuildResult(cfg.output, manifest, time.monotonic() - t0, merged=True)
+
+
+def _pseudonym_fn(key: bytes) -> Callable[[str], str]:
+    from deidentify.pseudonym import Pseudonymizer
+
+    p = Pseudonymizer(key)
+    return lambda pid: p.pseudonym("Patient", pid)
+
+
+def _run(items: Iterator[tuple[str, list[dict[str, Any]], list[dict[str, Any]]]], cfg: BuildConfig,
+         identifiers: Any) -> Iterator[tuple[str, dict[str, Any]]]:
+    """Shards in input order; with workers, a process pool fed through a bounded window."""
+    if cfg.workers <= 1:
+        _init_worker(cfg, identifiers)
+        assert _STATE is not None
+        for ps, raw, shared in items:
+            yield ps, patient_shard(raw, shared, _STATE)
+        return
+    import multiprocessing as mp
+    from collections import deque
+
+    window = cfg.window or 2 * cfg.workers
+    ctx = mp.get_context("forkserver" if sys.platform != "win32" else "spawn")
+    with ctx.Pool(cfg.workers, initializer=_init_worker, initargs=(cfg, identifiers)) as pool:
+        pending: deque[tuple[str, Any]] = deque()
+        for ps, raw, shared in items:
+            pending.append((ps, pool.apply_async(_work, (raw, shared))))
+            if len(pending) >= window:
+                done_ps, res = pending.popleft()
+                yield done_ps, res.get()
+        while pending:
+            done_ps, res = pending.popleft()
+            yield done_ps, res.get()
+
+
+def _work(raw: list[dict[str, Any]], shared: list[dict[str, Any]]) -> dict[str, Any]:
+    assert _STATE is not None
+    return patient_shard(raw, shared, _STATE)
+
+
+# ---- merge, re-scan, card ---------------------------------------------------------------------
+
+def _read_shard(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        raise DatasetError(f"work file {path.name} is damaged: run again with --overwrite") from None
+
+
+def merge(cfg: BuildConfig, pseudonyms: list[str], inputs: list[dict[str, Any]], fingerprint: str,
+          bad_lines: Sequence[Any], identifiers: Any, encounters_total: int | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
+    out = cfg.output
+    shards = out / WORK_DIR / "shards"
+    per_split: Counter[str] = Counter()
+    patients_per_split: Counter[str] = Counter()
+    drops: Counter[str] = Counter()
+    leak_types: Counter[str] = Counter()
+    labels: Counter[str] = Counter()
+    sources: Counter[str] = Counter()
+    removed: dict[str, Counter[str]] = {}
+    encounters = capped = with_examples = 0
+    parse_skipped: Counter[str] = Counter()
+    seed = "seed" in cfg.formats
+    with contextlib.ExitStack() as stack:
+        chat = {s: stack.enter_context(atomic_open(out / f"{s}.jsonl")) for s in SPLITS}
+        seeds = {s: stack.enter_context(atomic_open(out / "seed" / f"{s}.jsonl")) for s in SPLITS} if seed else {}
+        for ps in pseudonyms:
+            shard = _read_shard(shards / f"{ps}.json")
+            st = shard["stats"]
+            encounters += st.get("encounters", 0)
+            capped += st.get("encounters_capped", 0)
+            drops.update(st.get("dropped", {}))
+            leak_types.update(st.get("leak_types", {}))
+            labels.update(st.get("labels", {}))
+            sources.update(st.get("label_sources", {}))
+            parse_skipped.update(st.get("parse_skipped", {}))
+            for rtype, by_type in st.get("removed", {}).items():
+                removed.setdefault(rtype, Counter()).update(by_type)
+            split = split_of(ps, cfg.seed, cfg.split)
+            if shard["examples"]:
+                with_examples += 1
+                patients_per_split[split] += 1
+            for ex in shard["examples"]:
+                seed_text = ex.pop("_seed", None)
+                chat[split].write(dumps_line(ex))
+                if seed and seed_text is not None:
+                    seeds[split].write(dumps_line({"id": ex["id"], "patient": ex["patient"], "text": seed_text}))
+                per_split[split] += 1
+    if "parquet" in cfg.formats:
+        for s in SPLITS:
+            write_parquet(out / f"{s}.parquet", out / f"{s}.jsonl")
+
+    leak_dropped = drops.get("leak_check", 0) + drops.get("leak_in_deidentification", 0)
+    manifest: dict[str, Any] = {
+        "tool": "triage dataset build",
+        "tool_version": tool_version(),
+        "inputs": inputs,
+        "settings": cfg.settings(),
+        "deidentification": {
+            "key_fingerprint": fingerprint,
+            "scrubber": "deidentify.text.TextScrubber (Presidio + clinical recognizers + known identifiers)",
+            "date_shift_days": "-365..-1 per patient",
+            "age_cap": 90,
+        },
+        "counts": {
+            "patients": len(pseudonyms),
+            "patients_with_examples": with_examples,
+            "patients_per_split": {s: patients_per_split.get(s, 0) for s in SPLITS},
+            "encounters": encounters,
+            "encounters_over_cap": capped,
+            "examples": sum(per_split.values()),
+            "examples_per_split": {s: per_split.get(s, 0) for s in SPLITS},
+            "labels": {
+                "by_acuity": {k: v for k, v in sorted(labels.items()) if k != "unlabelled"},
+                "unlabelled": labels.get("unlabelled", 0),
+                "by_source": dict(sorted(sources.items())),
+            },
+            "dropped": dict(sorted(drops.items())),
+            "bad_lines": len(bad_lines),
+            "invalid_resources_skipped": dict(sorted(parse_skipped.items())),
+        },
+        "bad_lines": [{"file": b.file, "line": b.line_number, "reason": b.reason} for b in bad_lines],
+        "leak_check": {
+            "dropped_examples": leak_dropped,
+            "dropped_by_identifier_type": dict(sorted(leak_types.items())),
+            "identifiers_searched": 0,
+            "files_scanned": 0,
+            "output_hits": 0,
+            "passed": True,
+        },
+    }
+    audit = {
+        "key_fingerprint": fingerprint,
+        "removed_by_resource_type": {k: dict(sorted(v.items())) for k, v in sorted(removed.items())},
+        "removed_total_by_type": dict(sorted(sum(removed.values(), Counter()).items())),
+        "leak_check_drops_by_type": dict(sorted(leak_types.items())),
+    }
+    # Card, manifest and audit are scanned too; write them with the check's figures filled in.
+    scanner = LeakScanner(identifiers)
+    files = _output_files(out, cfg)
+    write_json(out / AUDIT_NAME, audit)
+    write_card(out / CARD_NAME, manifest, audit)
+    hits = scan_outputs(files + [out / AUDIT_NAME, out / CARD_NAME], scanner)
+    manifest["leak_check"].update(
+        identifiers_searched=scanner.size, files_scanned=len(files) + 3, output_hits=sum(hits.values()),
+        passed=not hits, output_hits_by_type=dict(sorted(hits.items())),
+    )
+    write_card(out / CARD_NAME, manifest, audit)
+    write_json(out / MANIFEST_NAME, manifest)
+    hits.update(scan_outputs([out / MANIFEST_NAME, out / CARD_NAME], scanner))
+    if hits:
+        raise LeakFound(
+            "leak check FAILED: identifiers found in output files ("
+            + ", ".join(f"{k}={v}" for k, v in sorted(hits.items())) + "); do not share this output"
+        )
+    shutil.rmtree(out / WORK_DIR, ignore_errors=True)
+    return manifest, audit
+
+
+def _output_files(out: Path, cfg: BuildConfig) -> list[Path]:
+    files = [out / f"{s}.jsonl" for s in SPLITS]
+    if "seed" in cfg.formats:
+        files += [out / "seed" / f"{s}.jsonl" for s in SPLITS]
+    if "parquet" in cfg.formats:
+        files += [out / f"{s}.parquet" for s in SPLITS]
+    return files
+
+
+def iter_file_texts(path: Path) -> Iterator[str]:
+    """The text a reader of `path` would see: decoded JSON strings, Parquet cells, or raw text."""
+    if path.suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        for batch in pq.ParquetFile(path).iter_batches(batch_size=256):
+            for row in batch.to_pylist():
+                yield json_strings(row)
+        return
+    with open(path, encoding="utf-8", errors="replace") as fh:
+        if path.suffix == ".jsonl":
+            for line in fh:
+                yield line
+                with contextlib.suppress(ValueError):
+                    yield json_strings(json.loads(line))
+        else:
+            text = fh.read()
+            yield text
+            if path.suffix == ".json":
+                with contextlib.suppress(ValueError):
+                    yield json_strings(json.loads(text))
+
+
+def scan_outputs(paths: Iterable[Path], scanner: LeakScanner) -> Counter[str]:
+    hits: Counter[str] = Counter()
+    for p in paths:
+        for text in iter_file_texts(p):
+            hits.update(scanner.find(text))
+    return hits
