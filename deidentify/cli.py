@@ -15,6 +15,56 @@ def deid() -> None:
 # --- commands are added below: `scrub` and `evaluate` (free text), `fhir` (structured) -------
 
 
+@deid.command("scrub")
+@click.option("--input", "input_path", required=True, help='JSONL, one {"id", "text"} per line.')
+@click.option("--output", "output_path", required=True, help='JSONL of {"id", "text", "spans"} (written atomically).')
+@click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 64), help="Worker processes.")
+@click.option("--mode", type=click.Choice(["placeholder", "surrogate"]), default="placeholder", show_default=True)
+@click.option("--batch-size", default=64, show_default=True, type=click.IntRange(1, 10000))
+def scrub_cmd(input_path: str, output_path: str, workers: int, mode: str, batch_size: int) -> None:
+    """Scrub free text line by line; span offsets refer to the original text."""
+    import sys
+
+    from .text import scrub_jsonl
+
+    def report(line_no: int, reason: str) -> None:
+        click.echo(f"{input_path}:{line_no}: skipped malformed line ({reason})", err=True)
+
+    try:
+        stats = scrub_jsonl(input_path, output_path, mode=mode, workers=workers,  # type: ignore[arg-type]
+                            batch_size=batch_size, on_error=report)
+    except OSError as exc:
+        click.echo(f"error: cannot process {exc.filename or input_path}: {exc.strerror or exc}", err=True)
+        sys.exit(2)
+    click.echo(f"scrubbed {stats.written} lines, skipped {stats.skipped} malformed", err=True)
+
+
+@deid.command("evaluate")
+@click.option("--asq-dir", default=None, help="ASQ-PHI folder (default: ../shared/data/deid/asq-phi).")
+@click.option("--synthea-dir", default=None, help="Synthea bulk export folder with DocumentReference NDJSON.")
+@click.option("--limit", default=None, type=click.IntRange(1), help="Evaluate a deterministic subset.")
+def evaluate_cmd(asq_dir: str | None, synthea_dir: str | None, limit: int | None) -> None:
+    """Recall per PHI type and hard-negative FP rate (ASQ-PHI); survivors in Synthea notes."""
+    import sys
+    from pathlib import Path
+
+    from .evaluate import evaluate_asq, evaluate_synthea, format_asq, format_synthea
+    from .text import TextScrubber
+
+    shared = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
+    asq = Path(asq_dir) if asq_dir else shared / "deid" / "asq-phi"
+    syn = Path(synthea_dir) if synthea_dir else shared / "fhir" / "bulk-export-synthea-10"
+    for p in (asq, syn):
+        if not p.is_dir():
+            click.echo(f"error: not a folder: {p}", err=True)
+            sys.exit(2)
+    scrubber = TextScrubber()
+    click.echo("ASQ-PHI")
+    click.echo(format_asq(evaluate_asq(scrubber, asq, limit=limit)))
+    click.echo("\nSynthea notes")
+    click.echo(format_synthea(evaluate_synthea(scrubber, syn, limit=limit)))
+
+
 @deid.command("fhir")
 @click.option("--input", "input_path", required=True, type=click.Path(path_type=str),
               help="A FHIR Bundle or resource (.json), an NDJSON file, or a folder of them "

@@ -293,3 +293,107 @@ def truecase(text: str) -> str:
         return t if len(t) == len(w) else w
 
     return _CAPS_WORD.sub(fix, text)
+
+
+# --- bulk JSONL scrubbing (`triage deid scrub`) -------------------------------------------------
+
+
+@dataclass
+class ScrubStats:
+    written: int = 0
+    skipped: int = 0
+
+
+_WORKER: TextScrubber | None = None
+
+
+def _worker_init(mode: str) -> None:
+    global _WORKER
+    _WORKER = TextScrubber(mode=mode)  # type: ignore[arg-type]
+
+
+def _worker_run(batch: list[tuple[object, str]]) -> list[str]:
+    assert _WORKER is not None
+    return _scrub_lines(_WORKER, batch)
+
+
+def _scrub_lines(scrubber: TextScrubber, batch: list[tuple[object, str]]) -> list[str]:
+    import json
+
+    results = scrubber.scrub_many([t for _, t in batch])
+    return [
+        json.dumps({"id": i, "text": r.text, "spans": [s.to_dict() for s in r.spans]}, ensure_ascii=False)
+        for (i, _), r in zip(batch, results)
+    ]
+
+
+def scrub_jsonl(
+    input_path: str,
+    output_path: str,
+    *,
+    mode: Mode = "placeholder",
+    workers: int = 1,
+    batch_size: int = 64,
+    on_error=None,
+) -> ScrubStats:
+    """Stream `{"id", "text"}` lines to `{"id", "text", "spans"}` lines, batch by batch.
+
+    Malformed lines are reported through `on_error(line_no, reason)` and skipped. The output is
+    written to a temporary file beside `output_path` and renamed into place at the end.
+    Raises OSError if the input cannot be read.
+    """
+    import json
+    import os
+    import tempfile
+    from itertools import islice
+
+    stats = ScrubStats()
+
+    def batches(fh) -> Iterable[list[tuple[object, str]]]:
+        numbered = enumerate(fh, 1)
+        while True:
+            chunk = list(islice(numbered, batch_size))
+            if not chunk:
+                return
+            batch = []
+            for no, line in chunk:
+                if not line.strip():
+                    continue
+                try:
+                    obj = json.loads(line)
+                    if not isinstance(obj, dict) or "text" not in obj or not isinstance(obj["text"], str):
+                        raise ValueError('expected an object with a string "text"')
+                    batch.append((obj.get("id"), obj["text"]))
+                except ValueError as exc:  # json.JSONDecodeError is a ValueError
+                    stats.skipped += 1
+                    if on_error:
+                        on_error(no, type(exc).__name__ if isinstance(exc, json.JSONDecodeError) else str(exc))
+            if batch:
+                yield batch
+
+    out_dir = os.path.dirname(os.path.abspath(output_path))
+    with open(input_path, encoding="utf-8") as fh:
+        fd, tmp = tempfile.mkstemp(prefix=".scrub-", suffix=".jsonl", dir=out_dir)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as out:
+                if workers > 1:
+                    import multiprocessing as mp
+
+                    ctx = mp.get_context("spawn" if os.name == "nt" else "fork")
+                    with ctx.Pool(workers, initializer=_worker_init, initargs=(mode,)) as pool:
+                        # imap keeps order and pulls batches lazily (bounded memory)
+                        for lines in pool.imap(_worker_run, batches(fh), chunksize=1):
+                            out.write("\n".join(lines) + "\n")
+                            stats.written += len(lines)
+                else:
+                    scrubber = TextScrubber(mode=mode)
+                    for batch in batches(fh):
+                        lines = _scrub_lines(scrubber, batch)
+                        out.write("\n".join(lines) + "\n")
+                        stats.written += len(lines)
+            os.replace(tmp, output_path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+    return stats
