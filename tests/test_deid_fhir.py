@@ -385,3 +385,16 @@ def test_cli_missing_key_and_bad_input(tmp_path, monkeypatch) -> None:
     res = CliRunner().invoke(deid, ["fhir", "--input", str(bad), "--output", str(tmp_path / "o"),
                                     "--key-file", str(f), "--no-scrub"])
     assert res.exit_code == 1 and "bad.json" in res.output and "malformed JSON" in res.output
+
+
+def test_facade_matches_module_functions_and_record_path() -> None:
+    d = Deidentifier(KEY)
+    bundle = json.loads(BUNDLES[1].read_text())
+    assert d.bundle(bundle) == deidentify_bundle(bundle, PZ)
+    raw_patient = next(e["resource"] for e in bundle["entry"] if e["resource"]["resourceType"] == "Patient")
+    assert d.resource(raw_patient) == deidentify_resource(raw_patient, PZ)
+    record = PatientRecord(identity=Identity(resource_id=raw_patient["id"]), birth_date=None, sex=None,
+                           as_of=datetime(2024, 1, 1))
+    assert d.record(record).pseudonym == d.resource(raw_patient)["id"]
+    assert d.record(record).as_of.toordinal() - datetime(2024, 1, 1).toordinal() == \
+        PZ.date_shift_days(raw_patient["id"])
