@@ -95,7 +95,7 @@ def _rows(engine: sa.Engine, batch: int) -> Iterator[dict[str, Any]]:
     stmt = (
         sa.select(
             *[feedback.c[c] for c in FEEDBACK_COLUMNS],
-            *[cards.c[c].label(f"card_{c}") for c in CARD_COLUMNS],
+            *[cards.c[c].label(f"c__{c}") for c in CARD_COLUMNS],
         )
         .select_from(feedback.outerjoin(cards, cards.c.uuid == feedback.c.card_uuid))
         .order_by(feedback.c.card_uuid, feedback.c.outcome_timestamp, feedback.c.id)
@@ -132,10 +132,10 @@ def export_feedback(database_url: str, output: str | Path, *, batch: int = 500) 
                 result.counts["cards_with_feedback"] += 1
                 result.counts["superseded_feedback"] += len(group) - 1
                 last = group[-1]  # ordered by outcome time: the final decision
-                if last["card_kind"] is None:  # feedback about a card this service never logged
+                if last["c__kind"] is None:  # feedback about a card this service never logged
                     result.counts["skipped_unknown_card"] += 1
                     continue
-                if not last["card_prompt"] or last["card_report"] is None:
+                if not last["c__prompt"] or last["c__report"] is None:
                     result.counts["skipped_no_prompt_or_report"] += 1
                     continue
                 label = LABELS.get(last["outcome"])
@@ -149,12 +149,12 @@ def export_feedback(database_url: str, output: str | Path, *, batch: int = 500) 
                     dumps_line(
                         {
                             "card_uuid": last["card_uuid"],
-                            "prompt": _prompt_messages(last["card_prompt"]),
-                            "completion": [{"role": "assistant", "content": _report_text(last["card_report"])}],
+                            "prompt": _prompt_messages(last["c__prompt"]),
+                            "completion": [{"role": "assistant", "content": _report_text(last["c__report"])}],
                             "label": label,
                             "outcome": last["outcome"],
                             "override_reason": reason,
-                            "model_version": last["card_model_version"],
+                            "model_version": last["c__model_version"],
                         }
                     )
                 )

@@ -144,4 +144,6 @@ def import_reasoning(
                 continue
             out.write(dumps_line(example))
             result.written += 1
+        if result.written == 0:  # raising here discards the temporary file: no empty output
+            raise ReasoningImportError(f"{src}: no valid rows ({result.skipped} bad)")
     return result
