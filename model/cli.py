@@ -32,4 +32,9 @@ def dataset() -> None:
     """Build de-identified fine-tuning datasets from clinic records."""
 
 
+from model.dataset_cli import add_dataset_commands  # noqa: E402 - build, import-reasoning, feedback
+
+add_dataset_commands(dataset)
+
+
 # `worker` (a click.Command) is defined below by the queue work.
