@@ -24,6 +24,7 @@ One `JsonSchemaLogitsProcessor` serves one `generate()` call, with one matcher p
 from __future__ import annotations
 
 import copy
+import functools
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -35,6 +36,7 @@ from transformers import LogitsProcessor, PreTrainedTokenizerBase
 
 _CLOSE_BONUS = 1.0e4  # beats any real logit gap, stays finite so masks still win
 _LENGTH_BONUS = 10.0  # in closing mode, longer forced tokens finish keys sooner
+_RESERVE_MARGIN = 16  # closing from the middle of a string costs a few tokens more than from scratch
 
 
 def grammar_schema(schema: dict[str, Any]) -> dict[str, Any]:
@@ -92,7 +94,23 @@ class ReportGrammar:
         self.length = torch.tensor([float(len(b)) for b in self.token_bytes])
 
     def logits_processor(self, max_new_tokens: int, *, closing_reserve: int = 0) -> JsonSchemaLogitsProcessor:
+        """A processor for one generate call. The reserve is raised to what the shortest report needs."""
+        if closing_reserve > 0:
+            closing_reserve = max(closing_reserve, self.shortest_report_tokens + _RESERVE_MARGIN)
         return JsonSchemaLogitsProcessor(self, max_new_tokens=max_new_tokens, closing_reserve=closing_reserve)
+
+    @functools.cached_property
+    def shortest_report_tokens(self) -> int:
+        """Tokens the closing policy needs from scratch (flat logits), stop token included."""
+        limit = 4096
+        proc = JsonSchemaLogitsProcessor(self, max_new_tokens=limit, closing_reserve=limit)
+        ids = torch.zeros((1, 1), dtype=torch.long)
+        for step in range(1, limit + 1):
+            token = int(proc(ids, torch.zeros((1, self.vocab_size))).argmax(-1))
+            if token in self.stop_token_ids:
+                return step
+            ids = torch.cat([ids, torch.tensor([[token]])], dim=1)
+        return limit
 
 
 @dataclass
