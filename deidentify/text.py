@@ -270,26 +270,48 @@ def _drop_eponyms(text: str, results: list[RecognizerResult]) -> list[Recognizer
 
 @lru_cache(maxsize=1)
 def _common_words() -> frozenset[str]:
-    """Lower-case English function words: kept lower-case when a caps line is normalised, so
-    NER sees "Pt John Smith seen at Mercy Hospital for chest pain" rather than all Title Case."""
+    """Lower-case English words: kept lower-case when a caps line is normalised, so NER sees
+    "spoke with daughter Lucinda Hargrove about discharge plans" instead of all Title Case.
+    spaCy's stop words, the English lemmatizer's word index (WordNet base forms) and a few
+    clinical abbreviations; names from the first/last-name lists are taken out again."""
     from spacy.lang.en.stop_words import STOP_WORDS
 
-    clinical = """pt patient pain chest abd abdominal c/o complains denies reports hx history
-    seen admitted discharged transferred vitals bp hr rr temp spo2 sob fever cough nausea vomiting
-    no yes new old left right bilateral acute chronic meds medication mg ml tab daily bid tid prn
-    alert oriented stable resting comfortably family called note nurse nursing shift am pm""".split()
-    return frozenset(STOP_WORDS) | frozenset(clinical)
+    words = set(STOP_WORDS)
+    try:
+        from deidentify.engine import build_analyzer
+
+        nlp = build_analyzer().nlp_engine.nlp["en"]
+        table = nlp.get_pipe("lemmatizer").lookups.get_table("lemma_index")
+        for forms in table.values():
+            words.update(w for w in forms if "_" not in w)
+    except Exception:  # a model without a rule lemmatizer: stop words only
+        pass
+    words.update("pt pts c/o hx dx tx rx sx abd bp hr rr temp spo2 sob prn bid tid qid po iv".split())
+    from faker.providers.person.en_US import Provider
+
+    names = {n.lower() for n in (*Provider.first_names_female, *Provider.first_names_male, *Provider.last_names)}
+    return frozenset(words - (names - set(STOP_WORDS)))
+
+
+def _is_common(word: str, common: frozenset[str]) -> bool:
+    w = word.lower().replace("’", "'")
+    if w in common:
+        return True
+    for suffix, repl in (("'s", ""), ("ies", "y"), ("es", ""), ("s", ""), ("ed", ""), ("ed", "e"),
+                         ("ing", ""), ("ing", "e"), ("ly", "")):
+        if w.endswith(suffix) and len(w) - len(suffix) >= 3 and w[: len(w) - len(suffix)] + repl in common:
+            return True
+    return False
 
 
 def truecase(text: str) -> str:
-    """Same-length copy of `text` with ALL-CAPS words in Title case (function words lower)."""
+    """Same-length copy of `text` with ALL-CAPS words re-cased: common English words lower,
+    anything else (names, places) in Title case."""
     common = _common_words()
 
     def fix(m: re.Match) -> str:
         w = m.group()
-        if w.lower() in common:
-            return w.lower() if len(w.lower()) == len(w) else w
-        t = w[0] + w[1:].lower()
+        t = w.lower() if _is_common(w, common) else w[0] + w[1:].lower()
         return t if len(t) == len(w) else w
 
     return _CAPS_WORD.sub(fix, text)

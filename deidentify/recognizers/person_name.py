@@ -11,7 +11,7 @@ from functools import lru_cache
 from presidio_analyzer import Pattern
 
 from deidentify.recognizers.base import ClinicalPatternRecognizer
-from deidentify.recognizers.clinician import INITIAL, NAME
+from deidentify.recognizers.clinician import INITIAL, NAME, NOT_NAME
 
 
 @lru_cache(maxsize=1)
@@ -42,7 +42,7 @@ class FirstNameRecognizer(ClinicalPatternRecognizer):
 
     def __init__(self, supported_language: str = "en") -> None:
         first = _first_name_regex()
-        caps_surname = r"(?-i:[A-Z]{2,}(?:['’-][A-Z]+)*)"
+        caps_surname = rf"(?-i:(?!{NOT_NAME}\b)[A-Z]{{2,}}(?:['’-][A-Z]+)*)"
         type(self).PATTERNS = [
             Pattern("Name (first + initial)", rf"\b{first}[ \t]+{INITIAL}", 0.7),
             # "Anne-Marie B.", "Sam J.": any capitalised word + initial, except medical heads
