@@ -1,0 +1,409 @@
+"""`ReportService`: what the hook asks for an AI report, inside a deadline, never raising.
+
+    service = ReportService.from_settings(app.config)
+    outcome = service.request(deidentified, deadline_s=0.3)   # ready | pending | unavailable | disabled
+
+1. cache hit -> "ready" at once;
+2. else the job is submitted (Celery when `TRIAGE_BROKER_URL` is set, else the embedded pool, a
+   thread running the same `model.tasks.run_batch`) unless the same input is already in flight,
+   and the caller waits up to the deadline: "ready", else "pending" (the job keeps running and
+   fills the cache for the next view);
+3. the broker is down or refuses -> "unavailable" within the deadline (a circuit breaker then
+   skips the broker for `TRIAGE_BROKER_RETRY_S`);
+4. no `TRIAGE_MODEL_PATH` -> "disabled" (rules-only service).
+
+Only `DeidentifiedRecord` payloads leave this module.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import queue as queue_mod
+import threading
+import time
+import uuid
+from collections.abc import Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
+
+from model.cache import ReportCache, cache_key, make_cache
+from model.settings import InferenceSettings, inference_settings
+
+if TYPE_CHECKING:
+    from celery import Celery
+
+    from deidentify.record import DeidentifiedRecord
+    from model.engine import Engine, EngineConfig
+    from model.report import TriageReport
+
+log = logging.getLogger(__name__)
+
+Status = Literal["ready", "pending", "unavailable", "disabled"]
+
+
+@dataclass(frozen=True)
+class ReportOutcome:
+    status: Status
+    report: TriageReport | None = None
+    model_version: str | None = None
+    adapter_version: str | None = None
+    prompt: str | None = None  # the de-identified chat messages (JSON) the model answered
+    reason: str | None = None  # why not ready (short, never patient data)
+    key: str | None = None
+
+
+class EmbeddedPool:
+    """In-process worker: one thread, a batching loop over the same `run_batch` as Celery.
+
+    Requests that arrive within `max_wait_s` of each other (up to `max_size`) share one generate
+    call. The engine loads in the thread on first use; a load failure is remembered and retried
+    after `retry_s`.
+    """
+
+    def __init__(self, engine_config: EngineConfig, cache: ReportCache, *, max_size: int, max_wait_s: float,
+                 retry_s: float = 30.0) -> None:
+        self.engine_config = engine_config
+        self.cache = cache
+        self.max_size = max_size
+        self.max_wait_s = max_wait_s
+        self.retry_s = retry_s
+        self.engine: Engine | None = None
+        self.load_error: str | None = None
+        self._load_failed_at = 0.0
+        self._queue: queue_mod.Queue[tuple[dict[str, Any], Future[dict[str, Any]]] | None] = queue_mod.Queue()
+        self._thread: threading.Thread | None = None
+        self._pid = 0
+        self._lock = threading.Lock()
+        self.batches: list[int] = []  # sizes of the batches run (observability, tests)
+
+    def _ensure_thread(self) -> None:
+        with self._lock:
+            # A fork (gunicorn) leaves the thread behind in the parent: start one per process.
+            if self._thread is None or not self._thread.is_alive() or self._pid != os.getpid():
+                self._queue = queue_mod.Queue()
+                self._pid = os.getpid()
+                self._thread = threading.Thread(target=self._loop, name="triage-embedded-worker", daemon=True)
+                self._thread.start()
+
+    def submit(self, payload: dict[str, Any]) -> Future[dict[str, Any]]:
+        self._ensure_thread()
+        future: Future[dict[str, Any]] = Future()
+        self._queue.put((payload, future))
+        return future
+
+    def close(self) -> None:
+        if self._thread is not None and self._thread.is_alive():
+            self._queue.put(None)
+            self._thread.join(timeout=5)
+
+    def _engine(self) -> Engine:
+        if self.engine is None:
+            if self.load_error and time.monotonic() - self._load_failed_at < self.retry_s:
+                raise RuntimeError(self.load_error)
+            from model.engine import Engine
+
+            try:
+                self.engine = Engine.load(self.engine_config)
+            except Exception as exc:
+                self.load_error = f"model failed to load ({type(exc).__name__})"
+                self._load_failed_at = time.monotonic()
+                log.error("embedded worker: %s: %s", self.load_error, exc)
+                raise RuntimeError(self.load_error) from None
+            self.load_error = None
+        return self.engine
+
+    def _loop(self) -> None:
+        from model.tasks import run_batch
+
+        q = self._queue
+        while True:
+            item = q.get()
+            if item is None:
+                return
+            batch = [item]
+            deadline = time.monotonic() + self.max_wait_s
+            while len(batch) < self.max_size:
+                remaining = deadline - time.monotonic()
+                try:
+                    nxt = q.get(timeout=max(remaining, 0)) if remaining > 0 else q.get_nowait()
+                except queue_mod.Empty:
+                    break
+                if nxt is None:
+                    q.put(None)
+                    break
+                batch.append(nxt)
+            try:
+                engine = self._engine()
+            except RuntimeError as exc:
+                for _, future in batch:
+                    future.set_exception(RuntimeError(str(exc)))
+                continue
+            self.batches.append(len(batch))
+            results = run_batch([p for p, _ in batch], engine, self.cache)
+            for (_, future), result in zip(batch, results):
+                future.set_result(result)
+
+
+class ReportService:
+    """AI reports for the hook: cache, submit, wait with a deadline; one per app process."""
+
+    def __init__(
+        self,
+        settings: InferenceSettings,
+        *,
+        engine_config: EngineConfig | None = None,
+        cache: ReportCache | None = None,
+        celery: Celery | None = None,
+    ) -> None:
+        self.settings = settings
+        self.engine_config = engine_config
+        self.enabled = bool(settings.model_path)
+        self.mode: Literal["celery", "embedded", "disabled"] = (
+            "disabled" if not self.enabled else "celery" if settings.broker_url else "embedded"
+        )
+        self.cache: ReportCache | None = None
+        self._celery = celery
+        self._pool: EmbeddedPool | None = None
+        self._executor: ThreadPoolExecutor | None = None
+        self._broker_down_until = 0.0
+        self._versions: tuple[str, str] | None = None
+        self._versions_warned = False
+        self._inflight: dict[str, Future[dict[str, Any]]] = {}
+        self._lock = threading.Lock()
+        if not self.enabled:
+            return
+        if self.engine_config is None:
+            from model.engine import EngineConfig
+
+            self.engine_config = EngineConfig.from_env(model_path=settings.model_path,
+                                                       adapter_path=settings.adapter_path)
+        self.cache = cache if cache is not None else make_cache(settings)
+        if self.mode == "celery":
+            if self._celery is None:
+                from model.queue import make_celery
+
+                self._celery = make_celery(settings.broker_url, settings.backend_url,
+                                           environ=_settings_environ(settings))
+            self._executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="triage-publish")
+        else:
+            self._pool = EmbeddedPool(
+                self.engine_config, self.cache, max_size=settings.batch_max_size,
+                max_wait_s=settings.batch_max_wait_ms / 1000,
+            )
+
+    @classmethod
+    def from_settings(cls, values: Mapping[str, Any] | None = None) -> ReportService:
+        """From `TRIAGE_*` values (a Flask app.config, or os.environ when None)."""
+        settings = inference_settings(values)
+        engine_config = None
+        if settings.model_path:
+            from model.engine import EngineConfig
+
+            env = {k: str(v) for k, v in (values if values is not None else os.environ).items()
+                   if k.startswith("TRIAGE_") and v is not None and not isinstance(v, (dict, list))}
+            engine_config = EngineConfig.from_env(env)
+        return cls(settings, engine_config=engine_config)
+
+    # -- public API ------------------------------------------------------------------------------
+
+    @property
+    def description(self) -> str:
+        """One line for discovery texts and card sources."""
+        if self.mode == "disabled":
+            return "rules-only (no AI model configured)"
+        versions = self.versions()
+        model = f"{versions[0]}, adapter {versions[1]}" if versions else "the configured model"
+        return f"with a preliminary AI report from {model}"
+
+    def versions(self) -> tuple[str, str] | None:
+        """(model_version, adapter_version) as the workers compute them, from the same paths."""
+        if self._versions is None and self.enabled:
+            from model.engine import adapter_version_of, model_version_of
+
+            cfg = self.engine_config
+            try:
+                model = model_version_of(cfg.model_path, cfg.quantization)
+                adapter = adapter_version_of(cfg.adapter_path) if cfg.adapter_path else "none"
+                self._versions = (model, adapter)
+            except OSError as exc:
+                if not self._versions_warned:
+                    log.warning("cannot read the model/adapter version here (%s): the cache is used "
+                                "once a worker has answered", type(exc).__name__)
+                    self._versions_warned = True
+        return self._versions
+
+    def key_for(self, payload: Mapping[str, Any]) -> str | None:
+        versions = self.versions()
+        if versions is None:
+            return None
+        return cache_key(payload, versions[0], versions[1], f"harmony:{self.engine_config.reasoning_effort}")
+
+    def request(self, record: DeidentifiedRecord, *, deadline_s: float) -> ReportOutcome:
+        """The report if it can be had within `deadline_s`; never raises, never waits longer."""
+        started = time.monotonic()
+        if not self.enabled:
+            return ReportOutcome("disabled", reason="no model configured")
+        try:
+            return self._request(record.to_payload(), started + max(deadline_s, 0.0), wait=True)
+        except Exception as exc:  # noqa: BLE001 - the hook must answer whatever happens here
+            log.error("AI report request failed: %s", type(exc).__name__)
+            return ReportOutcome("unavailable", reason="internal error")
+
+    def precompute(self, record: DeidentifiedRecord) -> Status:
+        """Submit without waiting (appointment-book): 'ready' if cached, else 'pending'."""
+        if not self.enabled:
+            return "disabled"
+        try:
+            return self._request(record.to_payload(), time.monotonic(), wait=False).status
+        except Exception as exc:  # noqa: BLE001
+            log.error("AI report precompute failed: %s", type(exc).__name__)
+            return "unavailable"
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.close()
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+
+    # -- internals -------------------------------------------------------------------------------
+
+    def _request(self, payload: dict[str, Any], deadline: float, *, wait: bool) -> ReportOutcome:
+        key = self.key_for(payload)
+        if key is not None:
+            hit = self._cache_get(key)
+            if hit is not None:
+                return self._outcome(hit, key)
+        if self.mode == "embedded":
+            future = self._embedded_submit(payload, key)
+            if not wait:
+                return ReportOutcome("pending", key=key)
+            return self._wait_future(future, deadline, key)
+        return self._request_celery(payload, key, deadline, wait=wait)
+
+    def _embedded_submit(self, payload: dict[str, Any], key: str | None) -> Future[dict[str, Any]]:
+        """Join the running job for the same input, else queue a new one."""
+        with self._lock:
+            future = self._inflight.get(key) if key is not None else None
+            if future is None or future.done():
+                future = self._pool.submit(payload)
+                if key is not None:
+                    self._inflight[key] = future
+                    future.add_done_callback(lambda _f, k=key: self._inflight.pop(k, None))
+            return future
+
+    def _request_celery(self, payload: dict[str, Any], key: str | None, deadline: float, *, wait: bool) -> ReportOutcome:
+        now = time.monotonic()
+        if now < self._broker_down_until:
+            return ReportOutcome("unavailable", key=key, reason="queue unavailable")
+        task_id = str(uuid.uuid4())
+        running = None
+        if key is not None:
+            claim_ttl = self.settings.visibility_timeout_s + self.settings.time_limit_s
+            try:
+                running = self.cache.claim(key, task_id, claim_ttl)
+            except Exception as exc:  # noqa: BLE001 - without the marker we may queue twice: harmless
+                log.warning("report cache unavailable (%s)", type(exc).__name__)
+        if running is None:
+            publish = self._executor.submit(self._publish, task_id, payload)
+            try:
+                publish.result(timeout=max(deadline - time.monotonic(), 0.0) if wait else
+                               self.settings.broker_connect_timeout_s * 4)
+            except FutureTimeout:
+                self._release(key)
+                return ReportOutcome("unavailable", key=key, reason="queue too slow")
+            except Exception as exc:  # noqa: BLE001 - a down broker is an expected outage
+                self._release(key)
+                self._broker_down_until = time.monotonic() + self.settings.broker_retry_s
+                log.warning("AI report queue unavailable (%s); retrying in %.0f s",
+                            type(exc).__name__, self.settings.broker_retry_s)
+                return ReportOutcome("unavailable", key=key, reason="queue unavailable")
+        else:
+            task_id = running
+        if not wait:
+            return ReportOutcome("pending", key=key)
+        return self._wait_task(task_id, deadline, key)
+
+    def _publish(self, task_id: str, payload: dict[str, Any]) -> None:
+        from model.queue import REPORT_TASK
+
+        self._celery.send_task(
+            REPORT_TASK, kwargs={"payload": payload}, task_id=task_id, queue=self.settings.queue, retry=False,
+        )
+
+    def _wait_task(self, task_id: str, deadline: float, key: str | None) -> ReportOutcome:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return ReportOutcome("pending", key=key, reason="deadline")
+        result = self._celery.AsyncResult(task_id)
+        try:
+            value = result.get(timeout=remaining, propagate=False, interval=0.005, disable_sync_subtasks=False)
+        except Exception as exc:  # noqa: BLE001 - celery's TimeoutError, or the back end went away
+            if type(exc).__name__ != "TimeoutError":
+                log.warning("AI report result back end: %s", type(exc).__name__)
+            try:
+                result.backend.remove_pending_result(result)  # stop listening: the cache gets it
+            except Exception:  # noqa: BLE001
+                pass
+            return ReportOutcome("pending", key=key, reason="deadline")
+        if not isinstance(value, dict):
+            return ReportOutcome("unavailable", key=key, reason="worker error")
+        return self._outcome(value, key)
+
+    def _wait_future(self, future: Future[dict[str, Any]], deadline: float, key: str | None) -> ReportOutcome:
+        try:
+            value = future.result(timeout=max(deadline - time.monotonic(), 0.0))
+        except FutureTimeout:
+            return ReportOutcome("pending", key=key, reason="deadline")
+        except RuntimeError as exc:
+            return ReportOutcome("unavailable", key=key, reason=str(exc))
+        return self._outcome(value, key)
+
+    def _outcome(self, value: dict[str, Any], key: str | None) -> ReportOutcome:
+        from model.report import TriageReport
+
+        versions = (value.get("model_version"), value.get("adapter_version"))
+        if all(versions):
+            if self._versions is None:
+                self._versions = versions  # learned from a worker when the paths are not readable here
+            elif versions != self._versions and not self._versions_warned:
+                log.warning("workers answer with model %s / adapter %s, this service expects %s / %s: "
+                            "their reports are not found in the cache", *versions, *self._versions)
+                self._versions_warned = True
+        if value.get("status") != "ok":
+            return ReportOutcome("unavailable", model_version=versions[0], adapter_version=versions[1],
+                                 key=value.get("key", key), reason=str(value.get("status") or "error"))
+        try:
+            report = TriageReport.model_validate(value["report"])
+        except Exception:  # noqa: BLE001 - revalidated here: a cache entry is never trusted blindly
+            return ReportOutcome("unavailable", key=key, reason="invalid")
+        return ReportOutcome("ready", report=report, model_version=versions[0], adapter_version=versions[1],
+                             prompt=value.get("prompt"), key=value.get("key", key))
+
+    def _cache_get(self, key: str) -> dict[str, Any] | None:
+        try:
+            return self.cache.get(key)
+        except Exception as exc:  # noqa: BLE001 - a cache outage means a miss
+            log.warning("report cache unavailable (%s)", type(exc).__name__)
+            return None
+
+    def _release(self, key: str | None) -> None:
+        if key is None:
+            return
+        try:
+            self.cache.release(key)
+        except Exception:  # noqa: BLE001
+            pass
+
+
+def _settings_environ(settings: InferenceSettings) -> dict[str, str]:
+    """The settings back as TRIAGE_* strings (to build a Celery app that matches them)."""
+    from model.settings import _FIELDS
+
+    out: dict[str, str] = {}
+    for name, attr in _FIELDS.items():
+        value = getattr(settings, attr)
+        if value is not None:
+            out[name] = str(value)
+    return out
