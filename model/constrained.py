@@ -12,6 +12,9 @@ for our reports, each checked by tests:
 * **`pattern` with `minLength`/`maxLength`.** xgrammar ignores the lengths when both are present
   and crashes on regex repetitions above 128 (`{1,400}`). The grammar is built from a copy of the
   schema without those patterns; the control-byte mask enforces what they said.
+* **Broken UTF-8.** Byte-level tokens split characters; xgrammar accepts byte sequences that
+  are not UTF-8 inside strings (they decode to U+FFFD, which also breaks `maxLength`). Tokens
+  that would break the UTF-8 of the text so far are masked.
 * **Blank strings.** The report model strips strings before `min_length=1`, so `" "` is invalid.
   While a string is still blank, tokens that would keep it blank (spaces) or close it are masked:
   no string value is ever blank.
@@ -88,6 +91,8 @@ class ReportGrammar:
             return torch.tensor([bool(b) and pred(b) for b in self.token_bytes], dtype=torch.bool)
 
         self.control = mask(lambda b: any(x < 0x20 for x in b))
+        # UTF-8: which tokens may follow k pending continuation bytes (k = 0..3).
+        self.utf8_ok = torch.stack([mask(lambda b, k=k: _utf8_step(b, k) is not None) for k in range(4)])
         self.starts_quote = mask(lambda b: b[:1] == b'"')
         self.starts_close = mask(lambda b: b[:1] in (b"]", b"}"))
         self.keeps_blank = mask(lambda b: b.split(b'"', 1)[0].strip(b" ") == b"")
@@ -113,6 +118,49 @@ class ReportGrammar:
         return limit
 
 
+# UTF-8 lead bytes: (continuation bytes, range of the first one); RFC 3629 table 3.
+_UTF8_LEADS: dict[int, tuple[int, int, int]] = {
+    **{b: (1, 0x80, 0xBF) for b in range(0xC2, 0xE0)},
+    0xE0: (2, 0xA0, 0xBF),
+    **{b: (2, 0x80, 0xBF) for b in (*range(0xE1, 0xED), 0xEE, 0xEF)},
+    0xED: (2, 0x80, 0x9F),  # no surrogates
+    0xF0: (3, 0x90, 0xBF),
+    **{b: (3, 0x80, 0xBF) for b in range(0xF1, 0xF4)},
+    0xF4: (3, 0x80, 0x8F),
+}
+_REPRESENTATIVE_LEAD = {1: b"\xc3", 2: b"\xe1", 3: b"\xf1"}
+
+
+def _utf8_pending(data: bytes) -> int | None:
+    """Continuation bytes `data` still owes if it is a valid UTF-8 prefix, else None."""
+    i, n = 0, len(data)
+    while i < n:
+        lead = data[i]
+        if lead < 0x80:
+            i += 1
+            continue
+        if lead not in _UTF8_LEADS:
+            return None
+        need, low, high = _UTF8_LEADS[lead]
+        for j in range(need):
+            if i + 1 + j >= n:
+                return need - j
+            byte = data[i + 1 + j]
+            if not (low <= byte <= high if j == 0 else 0x80 <= byte <= 0xBF):
+                return None
+        i += 1 + need
+    return 0
+
+
+def _utf8_step(data: bytes, pending: int) -> int | None:
+    """Like `_utf8_pending` after an unknown character owing `pending` bytes (loose: any lead).
+
+    Byte-level tokens split characters, and xgrammar lets a string hold byte sequences that are
+    not UTF-8 (lone continuation bytes, surrogates), which decode to U+FFFD.
+    """
+    return _utf8_pending(_REPRESENTATIVE_LEAD.get(pending, b"") + data)
+
+
 @dataclass
 class _Row:
     matcher: xgr.GrammarMatcher
@@ -120,9 +168,21 @@ class _Row:
     in_string: bool = False
     escaped: bool = False
     string_bytes: bytearray = field(default_factory=bytearray)
+    pending: int = 0  # UTF-8 continuation bytes still owed
+
+    @property
+    def partial_char(self) -> bytes:
+        """The incomplete character at the end of the text (empty when none)."""
+        if not self.pending:
+            return b""
+        tail = bytes(self.string_bytes[-4:])
+        start = max(i for i, b in enumerate(tail) if b & 0xC0 != 0x80)
+        return tail[start:]
 
     def scan(self, data: bytes) -> None:
         """Track whether the JSON text so far ends inside a string (the grammar keeps it valid)."""
+        step = _utf8_pending(self.partial_char + data)
+        self.pending = step if step is not None else 0
         for byte in data:
             if not self.in_string:
                 if byte == 0x22:
@@ -188,7 +248,12 @@ class JsonSchemaLogitsProcessor(LogitsProcessor):
             if row.failed is not None or row.matcher.is_terminated():
                 continue
             allowed = work[i, :vocab] > neg_inf
-            extra = g.control[:vocab] | g.special[:vocab]
+            extra = g.control[:vocab] | g.special[:vocab] | ~g.utf8_ok[row.pending, :vocab]
+            if row.pending:  # rare: check the few candidates exactly
+                prefix = row.partial_char
+                for t in torch.nonzero(~extra & (work[i, :vocab] > neg_inf)).flatten().tolist():
+                    if _utf8_pending(prefix + g.token_bytes[t]) is None:
+                        extra[t] = True
             if row.blank_string:
                 extra |= g.keeps_blank[:vocab]
             if (allowed & ~extra).any():

@@ -45,7 +45,7 @@ class EngineConfig:
     quantization: str = field(default="none", metadata={"env": "TRIAGE_QUANTIZATION", "help": "none | nf4 (bitsandbytes, attention and experts) | mxfp4 (GPU only)."})
     merge_adapter: bool = field(default=False, metadata={"env": "TRIAGE_MERGE_ADAPTER", "help": "Merge the LoRA weights into the base weights after loading."})
     device: str = field(default="auto", metadata={"env": "TRIAGE_DEVICE", "help": "auto | cpu | cuda."})
-    dtype: str = field(default="auto", metadata={"env": "TRIAGE_DTYPE", "help": "auto (bf16 on GPU, fp32 on CPU) | bfloat16 | float16 | float32."})
+    dtype: str = field(default="auto", metadata={"env": "TRIAGE_DTYPE", "help": "auto (bf16 on GPU or when quantized, else fp32 on CPU) | bfloat16 | float16 | float32."})
     max_new_tokens_analysis: int = field(default=256, metadata={"env": "TRIAGE_MAX_NEW_TOKENS_ANALYSIS", "help": "Token budget of the analysis channel (0 skips it)."})
     max_new_tokens_final: int = field(default=768, metadata={"env": "TRIAGE_MAX_NEW_TOKENS_FINAL", "help": "Token budget of the final JSON report."})
     final_closing_reserve: int = field(default=192, metadata={"env": "TRIAGE_FINAL_CLOSING_RESERVE", "help": "Last tokens of the final budget spent closing the JSON."})
@@ -181,7 +181,7 @@ class Engine:
             device = "cuda" if torch.cuda.is_available() else "cpu"
         if device == "cuda" and not torch.cuda.is_available():
             raise EngineConfigError("device is cuda but no CUDA GPU is available")
-        dtype = _torch_dtype(config.dtype, device)
+        dtype = _torch_dtype(config.dtype, device, config.quantization)
 
         if config.quantization == "nf4":
             model = load_nf4(model_dir, device=device, compute_dtype=dtype, local_files_only=True)
@@ -316,11 +316,11 @@ class Engine:
         return out[:, width:].cpu()
 
 
-def _torch_dtype(name: str, device: str):
+def _torch_dtype(name: str, device: str, quantization: str = "none"):
     import torch
 
-    if name == "auto":
-        return torch.bfloat16 if device == "cuda" else torch.float32
+    if name == "auto":  # fp32 on CPU for speed and precision, except where memory is the point
+        return torch.bfloat16 if device == "cuda" or quantization != "none" else torch.float32
     return getattr(torch, name)
 
 

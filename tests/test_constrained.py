@@ -18,7 +18,7 @@ torch = pytest.importorskip("torch")
 xgr = pytest.importorskip("xgrammar")
 from transformers import AutoConfig, AutoTokenizer  # noqa: E402
 
-from model.constrained import ReportGrammar, grammar_schema  # noqa: E402
+from model.constrained import ReportGrammar, _utf8_step, grammar_schema  # noqa: E402
 from model.report import TriageReport, parse_report, report_json_schema  # noqa: E402
 
 torch.set_num_threads(1)
@@ -58,7 +58,7 @@ def _decode_loop(grammar: ReportGrammar, scores_fn, *, batch: int, max_new_token
     texts = []
     for row in new.tolist():
         body = row[: row.index(stop)] if stop in row else row
-        texts.append(b"".join(raw[t] for t in body).decode("utf-8"))
+        texts.append(b"".join(raw[t] for t in body).decode("utf-8"))  # strict: broken UTF-8 raises
     return list(zip(texts, status))
 
 
@@ -107,9 +107,14 @@ def test_adversarial_logits_still_give_valid_reports(grammar: ReportGrammar, see
     blanks = torch.tensor([b.strip() == b"" and b != b"" for b in grammar.token_bytes]).float() * 40.0
     quotes = grammar.starts_quote.float() * 30.0  # ... and closing right after a blank
     specials = grammar.special.float() * 45.0  # ... and harmony tokens such as <|endoftext|>
+    split_chars = torch.tensor([any(x >= 0x80 for x in b) for b in grammar.token_bytes]).float() * 35.0
+    # ... and byte tokens that make surrogates (ED A0..BF) or bytes UTF-8 never uses (F5..FF)
+    surrogate = torch.tensor([b == b"\xed" or (len(b) == 1 and (0xA0 <= b[0] <= 0xBF or b[0] >= 0xF5))
+                              for b in grammar.token_bytes]).float() * 40.0
 
     def scores(step: int, batch: int) -> torch.Tensor:
-        return torch.randn((batch, vocab), generator=gen) + push + blanks + quotes + specials
+        noise = torch.randn((batch, vocab), generator=gen)
+        return noise + push + blanks + quotes + specials + split_chars * (step % 2) + surrogate
 
     results = _decode_loop(grammar, scores, batch=3, max_new_tokens=400, reserve=150)
     for text, (complete, failure) in results:
@@ -118,6 +123,24 @@ def test_adversarial_logits_still_give_valid_reports(grammar: ReportGrammar, see
         assert "<|" not in text
         json.loads(text)  # strict: raw control characters in strings would raise
         assert isinstance(parse_report(text), TriageReport)
+
+
+@pytest.mark.parametrize("data, pending, expected", [
+    (b"abc", 0, 0),
+    (b"\xc3", 0, 1),  # first byte of a 2-byte character
+    (b"\xa9 ok", 1, 0),  # completes it
+    (b"\xa9", 0, None),  # stray continuation byte
+    (b"x", 1, None),  # character left incomplete
+    (b"\xe2\x82", 0, 1),
+    (b"\xac", 1, 0),
+    (b"\xff", 0, None),
+    (b"\xed\xa0\x80", 0, None),  # a surrogate
+    (b"\xed\x9f\xbf", 0, 0),
+    (b"\xf0\x9f", 0, 2),
+    (b"\xc0\xaf", 0, None),  # overlong
+])
+def test_utf8_step(data: bytes, pending: int, expected: int | None) -> None:
+    assert _utf8_step(data, pending) == expected
 
 
 def test_budget_reserve_closes_the_json_in_time(grammar: ReportGrammar) -> None:

@@ -222,3 +222,17 @@ def test_nf4_engine_with_adapter_writes_valid_reports(tiny_model_dir: Path, adap
     assert engine.model_version.endswith("+nf4")
     results = engine.generate_reports(_prompts(tiny_model_dir)[:2])
     assert all(isinstance(r.report, TriageReport) for r in results), [r.error for r in results]
+
+
+def test_prompts_from_model_prompts_generate_valid_reports(engine: Engine) -> None:
+    from model.prompts import developer_instructions, render_chat_prompt
+
+    messages = [
+        {"role": "developer", "content": developer_instructions()},
+        {"role": "user", "content": "Write the triage report for this patient.\n\n" + COMPLAINTS[0]},
+    ]
+    prompt = render_chat_prompt(engine.tokenizer, messages, reasoning_effort=engine.config.reasoning_effort)
+    assert prompt.endswith("<|start|>assistant")
+    [result] = engine.generate_reports([prompt])
+    assert isinstance(result.report, TriageReport), result.error
+    assert engine.last_stats["prompt_tokens"] > engine.model.config.sliding_window  # sliding layers engaged
