@@ -191,7 +191,9 @@ class Engine:
                 model_dir, quantization_config=mxfp4_config(), dtype=dtype, device_map={"": device}, local_files_only=True
             )
         else:
-            model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype, local_files_only=True).to(device)
+            model = AutoModelForCausalLM.from_pretrained(
+                model_dir, dtype=dtype, device_map={"": device}, local_files_only=True  # straight onto the GPU
+            )
 
         adapter_version = "none"
         if config.adapter_path:
