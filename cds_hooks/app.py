@@ -61,7 +61,11 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
 
     from cds_hooks.hook import Runtime
 
-    app.extensions["triage_runtime"] = Runtime.from_app(app)
+    app.extensions["triage_runtime"] = runtime = Runtime.from_app(app)
+    from cds_hooks.ai_cards import describe_ai_mode
+
+    # Discovery says whether AI reports are on ("rules-only" when no model is configured).
+    app.extensions["triage_registry"] = describe_ai_mode(app.extensions["triage_registry"], runtime.reports)
 
     from cds_hooks.feedback import bp as feedback_bp
 

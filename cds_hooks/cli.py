@@ -34,6 +34,7 @@ class _LazyGroup(click.Group):
         "deid": "deidentify.cli:deid",
         "model": "model.cli:model_group",
         "worker": "model.cli:worker",
+        "flower": "model.cli:flower",
         "dataset": "model.cli:dataset",
     },
 )

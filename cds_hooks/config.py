@@ -91,9 +91,13 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("TRIAGE_HOOK_DEADLINE_MS", 450, _positive_int,
             "Deadline of one hook call in milliseconds; the rules card is always returned within it."),
     Setting("TRIAGE_BROKER_URL", None, _str,
-            "Celery broker URL of the AI report queue (not used until the AI card lands)."),
+            "Celery broker (Redis URL) of the AI report queue. Unset: reports run in-process "
+            "(embedded worker thread, no Redis needed)."),
     Setting("TRIAGE_MODEL_PATH", None, _str,
-            "Path of the base model + LoRA adapter used by the GPU workers (AI card, later)."),
+            "Local directory of the base model (bf16 gpt-oss-20b, or the tiny model). Unset: "
+            "rules-only service, said so in discovery and on the rules card."),
+    Setting("TRIAGE_ADAPTER_PATH", None, _str,
+            "Local directory of the PEFT LoRA adapter the workers load (optional)."),
     Setting("TRIAGE_CORS_ORIGINS", "*", _str,
             "Comma-separated origins allowed by CORS (browser clients such as the CDS Hooks sandbox)."),
     Setting("TRIAGE_INSTANCE_DIR", None, _str,
@@ -101,6 +105,14 @@ SETTINGS: tuple[Setting, ...] = (
             "folder of the package."),
     Setting("TRIAGE_LOG_LEVEL", "INFO", _str, "Log level of the service (DEBUG, INFO, WARNING...)."),
 )
+
+def _inference_settings() -> tuple[Setting, ...]:
+    from model.settings import INFERENCE_SETTINGS
+
+    return tuple(Setting(s.name, s.default, s.parse, s.help) for s in INFERENCE_SETTINGS)
+
+
+SETTINGS += _inference_settings()  # queue, batching, cache: read by model.reports as well
 
 _BY_NAME = {s.name: s for s in SETTINGS}
 

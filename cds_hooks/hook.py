@@ -6,10 +6,12 @@ PHI exists only between `build_record` and `Deidentifier.record`; from the rules
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
 
+from cds_hooks import ai_cards
 from cds_hooks.cards import rules_card
 from cds_hooks.errors import PreconditionFailed
 from cds_hooks.schemas import HookRequest, HookResponse, PatientViewContext
@@ -22,6 +24,9 @@ from model.rules import RulesConfig, score_record
 
 if TYPE_CHECKING:
     from flask import Flask
+
+    from deidentify.record import DeidentifiedRecord
+    from model.reports import ReportService
 
     from cds_hooks.services import Service
 
@@ -37,6 +42,8 @@ class Runtime:
     store: Store
     fhir_timeout_s: float
     deadline_ms: int
+    reports: ReportService | None = None  # AI reports (None: rules-only)
+    reserve_ms: int = 40  # of the deadline, kept for building and logging cards after the AI wait
 
     @classmethod
     def from_app(cls, app: Flask) -> Runtime:
@@ -50,7 +57,12 @@ class Runtime:
                 "instance folder (demo only; set a managed key in production)"
             )
             key = demo_key(app.instance_path)
+        from model.reports import ReportService
+
+        reports = ReportService.from_settings(cfg)
         return cls(
+            reports=reports,
+            reserve_ms=reports.settings.hook_reserve_ms,
             deidentifier=Deidentifier(key),
             rules_config=RulesConfig(stale_after=timedelta(hours=float(cfg["TRIAGE_STALE_VITALS_HOURS"]))),
             store=get_store(app),
@@ -67,7 +79,81 @@ def patient_view(
     *,
     now: datetime | None = None,
 ) -> HookResponse:
-    """Answer one patient-view call with the rules card (logged before it is returned)."""
+    """Answer one patient-view call: the rules card, then the AI card (or "being prepared") when
+    AI reports are on; every card is logged before it is returned."""
+    started = _request_started()
+    now = now or datetime.now(timezone.utc)
+    deidentified = load_deidentified(request, context, runtime, service, now=now)
+    result = score_record(deidentified, runtime.rules_config)
+    card = rules_card(
+        result,
+        as_of=deidentified.as_of,
+        skipped=deidentified.stats.skipped,
+        stale_after=runtime.rules_config.stale_after,
+    )
+    outcome = None
+    if runtime.reports is not None and runtime.reports.enabled:
+        # What is left of the hook deadline, measured from the request's arrival.
+        budget_s = (runtime.deadline_ms - runtime.reserve_ms) / 1000 - (time.perf_counter() - started)
+        outcome = runtime.reports.request(deidentified, deadline_s=max(budget_s, 0.0))
+    else:
+        card = card.model_copy(update={"source": ai_cards.rules_only_source(card.source)})
+    extra = ai_cards.report_cards(outcome)
+    rule_inputs = result.to_dict()
+    runtime.store.log_cards(
+        [
+            CardLog(
+                uuid=card.uuid,
+                service_id=service.id,
+                hook_instance=request.hookInstance,
+                kind="rules",
+                indicator=card.indicator,
+                summary=card.summary,
+                rule_inputs=rule_inputs,
+                acuity=int(result.acuity) if result.acuity is not None else None,
+                patient_pseudonym=deidentified.pseudonym,
+                created_at=now,
+            )
+        ]
+        + [
+            CardLog(
+                uuid=extra_card.uuid,
+                service_id=service.id,
+                hook_instance=request.hookInstance,
+                kind=kind,
+                indicator=extra_card.indicator,
+                summary=extra_card.summary,
+                rule_inputs=rule_inputs,
+                patient_pseudonym=deidentified.pseudonym,
+                created_at=now,
+                **ai_cards.log_fields(kind, outcome),
+            )
+            for extra_card, kind in extra
+        ]
+    )
+    if deidentified.stats.skipped:
+        log.info("hookInstance=%s: %d FHIR entries skipped as invalid", request.hookInstance, deidentified.stats.skipped)
+    return HookResponse(cards=[card] + [c for c, _ in extra])
+
+
+def _request_started() -> float:
+    """perf_counter() at the request's arrival (the app's timer), else now."""
+    from flask import g, has_request_context
+
+    if has_request_context() and g.get("started") is not None:
+        return float(g.started)
+    return time.perf_counter()
+
+
+def load_deidentified(
+    request: HookRequest,
+    context: Any,
+    runtime: Runtime,
+    service: Service,
+    *,
+    now: datetime | None = None,
+) -> DeidentifiedRecord:
+    """Prefetch (fetching what is missing) -> PatientRecord -> DeidentifiedRecord; 412 if impossible."""
     now = now or datetime.now(timezone.utc)
     context_values: dict[str, Any] = context.model_dump(exclude_none=True)
     # The FHIR fetch may not eat the whole hook deadline: connect and read each get at most it.
@@ -97,29 +183,4 @@ def patient_view(
         raise PreconditionFailed("the Patient resource could not be read") from None
     deidentified = runtime.deidentifier.record(record)
     del record  # no PHI past this point
-    result = score_record(deidentified, runtime.rules_config)
-    card = rules_card(
-        result,
-        as_of=deidentified.as_of,
-        skipped=deidentified.stats.skipped,
-        stale_after=runtime.rules_config.stale_after,
-    )
-    runtime.store.log_cards(
-        [
-            CardLog(
-                uuid=card.uuid,
-                service_id=service.id,
-                hook_instance=request.hookInstance,
-                kind="rules",
-                indicator=card.indicator,
-                summary=card.summary,
-                rule_inputs=result.to_dict(),
-                acuity=int(result.acuity) if result.acuity is not None else None,
-                patient_pseudonym=deidentified.pseudonym,
-                created_at=now,
-            )
-        ]
-    )
-    if deidentified.stats.skipped:
-        log.info("hookInstance=%s: %d FHIR entries skipped as invalid", request.hookInstance, deidentified.stats.skipped)
-    return HookResponse(cards=[card])
+    return deidentified

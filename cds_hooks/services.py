@@ -97,6 +97,26 @@ TRIAGE = Service(
     ),
 )
 
+def _prescreen() -> Service:
+    from cds_hooks.prescreen import AppointmentBookContext
+
+    return Service(
+        id="triage-prescreen",
+        hook="appointment-book",
+        title="Triage CDS: prepare the AI triage report before the visit",
+        description=(
+            "When an appointment is booked, prepares the patient's preliminary AI triage report from "
+            "de-identified data so it is ready when the chart is first opened. Returns no cards."
+        ),
+        handler="cds_hooks.prescreen:appointment_book",
+        context_model=AppointmentBookContext,
+        prefetch=PREFETCH_TEMPLATES,
+        required_prefetch=REQUIRED_KEYS,
+        usage_requirements="Same FHIR data as the triage service (prefetch or FHIR server access).",
+    )
+
+
 REGISTRY = Registry()
 REGISTRY.register(TRIAGE)
+REGISTRY.register(_prescreen())
 

@@ -38,3 +38,54 @@ add_dataset_commands(dataset)
 
 
 # `worker` (a click.Command) is defined below by the queue work.
+
+
+@click.command("worker")
+@click.option("--pool", "-P", type=click.Choice(["prefork", "solo", "threads"]), default="prefork", show_default=True,
+              help="prefork with concurrency 1 per GPU: the model loads in the child after fork (one CUDA "
+                   "context per process, never in the parent), hard time limits can kill a stuck batch and "
+                   "the parent replaces the child. solo runs in the main process (debugging, no hard limit).")
+@click.option("--concurrency", "-c", type=click.IntRange(1, 64), default=1, show_default=True,
+              help="Pool processes. One per GPU: each process holds a whole model.")
+@click.option("--loglevel", "-l", default="INFO", show_default=True,
+              type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"], case_sensitive=False))
+@click.option("--queue", "-Q", "queue", default=None, help="Queue to consume (default: TRIAGE_INFERENCE_QUEUE or 'inference').")
+@click.option("--hostname", "-n", default=None, help="Worker node name (default: triage-inference@<host>).")
+def worker(pool: str, concurrency: int, loglevel: str, queue: str | None, hostname: str | None) -> None:
+    """Run a Celery worker for AI reports on the inference queue (broker: TRIAGE_BROKER_URL)."""
+    import os
+
+    from model.queue import app, settings_of
+
+    settings = settings_of(app)
+    if not settings.broker_url:
+        raise click.ClickException("TRIAGE_BROKER_URL is not set: the worker needs a broker (e.g. redis://redis:6379/0)")
+    if not settings.model_path:
+        raise click.ClickException("TRIAGE_MODEL_PATH is not set: the worker needs a model directory")
+    if not os.path.isfile(os.path.join(settings.model_path, "config.json")):
+        raise click.ClickException(f"TRIAGE_MODEL_PATH: no model at {settings.model_path} (config.json missing)")
+    argv = [
+        "worker",
+        f"--pool={pool}",
+        f"--concurrency={concurrency}",
+        f"--loglevel={loglevel.upper()}",
+        f"--queues={queue or settings.queue}",
+        f"--hostname={hostname or 'triage-inference@%h'}",
+        "--without-gossip",
+        "--without-mingle",
+    ]
+    raise SystemExit(app.worker_main(argv=argv) or 0)
+
+
+@click.command("flower")
+@click.option("--address", default="127.0.0.1", show_default=True, help="Address Flower listens on.")
+@click.option("--port", type=click.IntRange(1, 65535), default=5555, show_default=True, help="Flower's port.")
+def flower(address: str, port: int) -> None:
+    """Flower, the Celery monitor, on the inference queue's broker (needs the `flower` package)."""
+    try:
+        import flower as _flower  # noqa: F401
+    except ImportError:
+        raise click.ClickException("Flower is not installed: pip install flower") from None
+    from model.queue import app
+
+    raise SystemExit(app.start(argv=["flower", f"--address={address}", f"--port={port}"]) or 0)

@@ -41,6 +41,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 Status = Literal["ready", "pending", "unavailable", "disabled"]
+_READY_STATES = frozenset({"SUCCESS", "FAILURE", "REVOKED"})
 
 
 @dataclass(frozen=True)
@@ -201,8 +202,12 @@ class ReportService:
         if settings.model_path:
             from model.engine import EngineConfig
 
-            env = {k: str(v) for k, v in (values if values is not None else os.environ).items()
-                   if k.startswith("TRIAGE_") and v is not None and not isinstance(v, (dict, list))}
+            # The engine's own settings (quantization, reasoning effort...) shape the cache key:
+            # read them as the workers do, from the environment, with explicit values on top.
+            env = {k: v for k, v in os.environ.items() if k.startswith("TRIAGE_")}
+            if values is not None:
+                env.update({k: str(v) for k, v in values.items() if isinstance(k, str) and k.startswith("TRIAGE_")
+                            and v is not None and not isinstance(v, (dict, list, tuple))})
             engine_config = EngineConfig.from_env(env)
         return cls(settings, engine_config=engine_config)
 
@@ -333,23 +338,29 @@ class ReportService:
         )
 
     def _wait_task(self, task_id: str, deadline: float, key: str | None) -> ReportOutcome:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            return ReportOutcome("pending", key=key, reason="deadline")
-        result = self._celery.AsyncResult(task_id)
-        try:
-            value = result.get(timeout=remaining, propagate=False, interval=0.005, disable_sync_subtasks=False)
-        except Exception as exc:  # noqa: BLE001 - celery's TimeoutError, or the back end went away
-            if type(exc).__name__ != "TimeoutError":
-                log.warning("AI report result back end: %s", type(exc).__name__)
+        """Poll the result back end until the deadline.
+
+        Not `AsyncResult.get(timeout=...)`: on Redis it drains pub/sub in 1 s slices and can
+        overrun a sub-second timeout by up to a second. A GET every few ms costs ~0.1 ms each.
+        """
+        backend = self._celery.backend
+        pause = 0.002
+        while True:
             try:
-                result.backend.remove_pending_result(result)  # stop listening: the cache gets it
-            except Exception:  # noqa: BLE001
-                pass
-            return ReportOutcome("pending", key=key, reason="deadline")
-        if not isinstance(value, dict):
-            return ReportOutcome("unavailable", key=key, reason="worker error")
-        return self._outcome(value, key)
+                meta = backend.get_task_meta(task_id, cache=False)
+            except Exception as exc:  # noqa: BLE001 - the back end went away: the cache gets it later
+                log.warning("AI report result back end: %s", type(exc).__name__)
+                return ReportOutcome("pending", key=key, reason="result back end unavailable")
+            if meta.get("status") in _READY_STATES:
+                value = meta.get("result")
+                if meta.get("status") != "SUCCESS" or not isinstance(value, dict):
+                    return ReportOutcome("unavailable", key=key, reason="worker error")
+                return self._outcome(value, key)
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return ReportOutcome("pending", key=key, reason="deadline")
+            time.sleep(min(pause, remaining))
+            pause = min(pause * 1.5, 0.01)
 
     def _wait_future(self, future: Future[dict[str, Any]], deadline: float, key: str | None) -> ReportOutcome:
         try:
