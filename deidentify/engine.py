@@ -15,7 +15,7 @@ from pathlib import Path
 import spacy
 from presidio_analyzer import AnalyzerEngine, RecognizerRegistry
 from presidio_analyzer.nlp_engine import NlpEngineProvider
-from presidio_analyzer.predefined_recognizers import IpRecognizer, SpacyRecognizer, UrlRecognizer
+from presidio_analyzer.predefined_recognizers import IpRecognizer, SpacyRecognizer
 
 DEFAULT_SPACY_MODEL = "en_core_web_sm"
 SPACY_MODEL_ENV = "TRIAGE_SPACY_MODEL"
@@ -111,11 +111,12 @@ def _build(model: str, extra_recognizers: bool, fast_pipes: bool) -> AnalyzerEng
 def default_recognizers(extra: bool = True) -> list:
     from deidentify.recognizers import clinical_recognizers
     from deidentify.recognizers.email import OfflineEmailRecognizer
+    from deidentify.recognizers.url import FastUrlRecognizer
 
     base = [
         SpacyRecognizer(supported_entities=["PERSON", "LOCATION"]),
         OfflineEmailRecognizer(),
-        UrlRecognizer(),
+        FastUrlRecognizer(),
         IpRecognizer(),
     ]
     return base + (clinical_recognizers() if extra else [])

@@ -17,6 +17,7 @@ from typing import Iterable, Literal, Sequence
 
 import regex
 from presidio_analyzer import AnalyzerEngine, RecognizerResult
+from presidio_analyzer.nlp_engine import NlpArtifacts
 
 from deidentify.known import KnownIdentifiers
 from deidentify.operators import Surrogates, placeholder, shift_date_text
@@ -25,6 +26,19 @@ Mode = Literal["placeholder", "surrogate"]
 DEFAULT_SCORE_THRESHOLD = 0.4
 NER_LABELS = {"PERSON": "PERSON", "PER": "PERSON", "GPE": "LOCATION", "LOC": "LOCATION", "FAC": "LOCATION"}
 CAPS_NER_SCORE = 0.75
+NER_SCORE = 0.85  # Presidio's default for spaCy entities
+_NER_CACHE_MAX = 200_000
+_LINE = regex.compile(r"[^\n]+")
+_HAS_UPPER = regex.compile(r"[A-Z]")
+
+
+@dataclass(frozen=True)
+class _Ent:
+    """The three attributes Presidio's SpacyRecognizer reads from an entity."""
+
+    start_char: int
+    end_char: int
+    label_: str
 
 # Eponyms and named scores are not people: "Crohn's disease", "Wells score", "Glasgow scale".
 _EPONYM_AFTER = regex.compile(
@@ -99,6 +113,7 @@ class TextScrubber:
         self.surrogates = Surrogates(surrogate_key) if mode == "surrogate" else None
         self._nlp_engine = analyzer.nlp_engine
         self._nlp = analyzer.nlp_engine.nlp["en"]
+        self._ner_cache: dict[str, tuple[tuple[int, int, str], ...]] = {}
 
     # --- public API --------------------------------------------------------------------------
 
@@ -122,12 +137,13 @@ class TextScrubber:
     ) -> list[list[Span]]:
         bs = batch_size or self.batch_size
         ad_hoc = [known.recognizer()] if known else None
-        todo = [i for i, t in enumerate(texts) if t.strip()]
         out: list[list[Span]] = [[] for _ in texts]
-        caps = self._caps_entities([texts[i] for i in todo], bs) if self.caps_pass else [[] for _ in todo]
-        artifacts = self._nlp_engine.process_batch([texts[i] for i in todo], language="en", batch_size=bs)
-        for i, extra, (_text, art) in zip(todo, caps, artifacts):
+        todo = [i for i, t in enumerate(texts) if t.strip()]
+        ner = self._line_ner([texts[i] for i in todo], bs)
+        for i, (ents, extra) in zip(todo, ner):
             text = texts[i]
+            art = NlpArtifacts(entities=ents, tokens=[], tokens_indices=[], lemmas=[],
+                               nlp_engine=self._nlp_engine, language="en", scores=[NER_SCORE] * len(ents))
             results = self.analyzer.analyze(
                 text,
                 language="en",
@@ -138,6 +154,47 @@ class TextScrubber:
             )
             results.extend(extra)
             out[i] = join_places(text, resolve(_drop_eponyms(text, results)))
+        return out
+
+    def _line_ner(self, texts: Sequence[str], batch_size: int) -> list[tuple[list["_Ent"], list[RecognizerResult]]]:
+        """spaCy NER line by line, over unique lines only (notes repeat lines a lot), and only
+        on lines with a capital letter (entities without one are discarded anyway). ALL-CAPS
+        runs also go through a case-normalised pass. Results are cached per line."""
+        cache = self._ner_cache
+        wanted: dict[str, None] = {}
+        plan: list[list[tuple[int, str, str | None, list[tuple[int, int]]]]] = []
+        for text in texts:
+            lines = []
+            for m in _LINE.finditer(text):
+                line = m.group()
+                if not _HAS_UPPER.search(line):
+                    continue
+                runs = [(r.start(), r.end()) for r in _CAPS_RUN.finditer(line)] if self.caps_pass else []
+                cased = truecase(line) if runs else None
+                for key in (line, cased):
+                    if key is not None and key not in cache:
+                        wanted[key] = None
+                lines.append((m.start(), line, cased, runs))
+            plan.append(lines)
+        if wanted:
+            if len(cache) + len(wanted) > _NER_CACHE_MAX:
+                cache.clear()
+            for key, doc in zip(wanted, self._nlp.pipe(wanted, batch_size=batch_size)):
+                cache[key] = tuple(
+                    (e.start_char, e.end_char, NER_LABELS[e.label_]) for e in doc.ents if e.label_ in NER_LABELS
+                )
+        out = []
+        for lines in plan:
+            ents: list[_Ent] = []
+            extra: list[RecognizerResult] = []
+            for off, line, cased, runs in lines:
+                ents.extend(_Ent(off + a, off + b, label) for a, b, label in cache.get(line, ()))
+                if cased is not None:
+                    for a, b, label in cache.get(cased, ()):
+                        inside = any(x <= a and b <= y for x, y in runs)
+                        if inside and (self.entities is None or label in self.entities):
+                            extra.append(RecognizerResult(label, off + a, off + b, CAPS_NER_SCORE))
+            out.append((ents, extra))
         return out
 
     def render(self, text: str, spans: Sequence[Span], *, date_shift_days: int | None = None) -> str:
@@ -162,30 +219,6 @@ class TextScrubber:
         if self.surrogates is not None:
             return self.surrogates.replace(entity_type, value)
         return placeholder(entity_type)
-
-    def _caps_entities(self, texts: Sequence[str], batch_size: int) -> list[list[RecognizerResult]]:
-        """NER over case-normalised copies of the ALL-CAPS lines of each text."""
-        # (text index, line offset, normalised line, caps runs in the line)
-        jobs: list[tuple[int, int, str, list[tuple[int, int]]]] = []
-        for ti, text in enumerate(texts):
-            if not _CAPS_RUN.search(text):
-                continue
-            for m in re.finditer(r"[^\n]+", text):
-                line = m.group()
-                runs = [(r.start(), r.end()) for r in _CAPS_RUN.finditer(line)]
-                if runs:
-                    jobs.append((ti, m.start(), truecase(line), runs))
-        out: list[list[RecognizerResult]] = [[] for _ in texts]
-        if not jobs:
-            return out
-        docs = self._nlp.pipe((j[2] for j in jobs), batch_size=batch_size)
-        for (ti, off, _line, runs), doc in zip(jobs, docs):
-            for ent in doc.ents:
-                label = NER_LABELS.get(ent.label_)
-                inside = any(a <= ent.start_char and ent.end_char <= b for a, b in runs)
-                if label and inside and (self.entities is None or label in self.entities):
-                    out[ti].append(RecognizerResult(label, off + ent.start_char, off + ent.end_char, CAPS_NER_SCORE))
-        return out
 
 
 def resolve(results: Iterable[RecognizerResult]) -> list[Span]:

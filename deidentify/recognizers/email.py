@@ -14,3 +14,9 @@ _EXTRACT = tldextract.TLDExtract(cache_dir=None, suffix_list_urls=(), fallback_t
 class OfflineEmailRecognizer(EmailRecognizer):
     def validate_result(self, pattern_text: str) -> bool:
         return _EXTRACT(pattern_text).fqdn != ""
+
+    def analyze(self, text, entities, nlp_artifacts=None, regex_flags=None):  # noqa: D102
+        # Presidio's pattern is costly on long notes; no "@" means no e-mail address.
+        if "@" not in text:
+            return []
+        return super().analyze(text, entities, nlp_artifacts, regex_flags)
