@@ -14,6 +14,7 @@ Reliability choices (ARCHITECTURE invariant 5, "nothing is lost"):
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Mapping
 from typing import Any
@@ -30,8 +31,11 @@ REPORT_TASK = "model.tasks.generate_report"
 def celery_config(settings: InferenceSettings, *, broker_url: str | None = None,
                   backend: str | None = None) -> dict[str, Any]:
     """Celery settings (lower-case names) for the inference queue."""
-    broker = broker_url or settings.broker_url or "memory://"
-    result_backend = backend or settings.backend_url
+    if broker_url or backend:
+        settings = dataclasses.replace(settings, broker_url=broker_url or settings.broker_url,
+                                       result_backend=backend or settings.result_backend)
+    broker = settings.broker_url or "memory://"
+    result_backend = settings.backend_url
     connect = settings.broker_connect_timeout_s
     transport: dict[str, Any] = {
         # Publishing from the API: a dead broker fails in ~connect seconds, never retried in a loop.
@@ -84,6 +88,9 @@ def make_celery(broker_url: str | None = None, backend: str | None = None, *,
                 environ: Mapping[str, Any] | None = None) -> Celery:
     """The Celery app: broker/back end from the arguments, else TRIAGE_BROKER_URL/RESULT_BACKEND."""
     settings = inference_settings(environ)
+    if broker_url or backend:
+        settings = dataclasses.replace(settings, broker_url=broker_url or settings.broker_url,
+                                       result_backend=backend or settings.result_backend)
     celery = Celery("triage", include=["model.tasks"], set_as_current=False)
     celery.conf.update(celery_config(settings, broker_url=broker_url, backend=backend))
     celery.conf.triage_settings = settings

@@ -148,7 +148,15 @@ class EmbeddedPool:
 
 
 class ReportService:
-    """AI reports for the hook: cache, submit, wait with a deadline; one per app process."""
+    """AI reports for the hook: cache, submit, wait with a deadline; one per app process.
+
+    Every Redis or broker operation runs on a small thread pool and the caller waits for it at
+    most until the deadline: a broker or cache that hangs (not just refuses) cannot hold the
+    hook. A call that overruns trips a circuit breaker for `TRIAGE_BROKER_RETRY_S`.
+    """
+
+    GRACE_S = 0.015  # the worker thread returns "pending" at the deadline; this covers the hand-off
+    MIN_WAIT_S = 0.01  # even with no budget left, a cache hit (~1 ms) is still worth looking up
 
     def __init__(
         self,
@@ -168,7 +176,7 @@ class ReportService:
         self._celery = celery
         self._pool: EmbeddedPool | None = None
         self._executor: ThreadPoolExecutor | None = None
-        self._broker_down_until = 0.0
+        self._down_until = 0.0
         self._versions: tuple[str, str] | None = None
         self._versions_warned = False
         self._inflight: dict[str, Future[dict[str, Any]]] = {}
@@ -181,13 +189,13 @@ class ReportService:
             self.engine_config = EngineConfig.from_env(model_path=settings.model_path,
                                                        adapter_path=settings.adapter_path)
         self.cache = cache if cache is not None else make_cache(settings)
+        self._executor = ThreadPoolExecutor(max_workers=8, thread_name_prefix="triage-reports")
         if self.mode == "celery":
             if self._celery is None:
                 from model.queue import make_celery
 
                 self._celery = make_celery(settings.broker_url, settings.backend_url,
                                            environ=_settings_environ(settings))
-            self._executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="triage-publish")
         else:
             self._pool = EmbeddedPool(
                 self.engine_config, self.cache, max_size=settings.batch_max_size,
@@ -219,8 +227,8 @@ class ReportService:
         if self.mode == "disabled":
             return "rules-only (no AI model configured)"
         versions = self.versions()
-        model = f"{versions[0]}, adapter {versions[1]}" if versions else "the configured model"
-        return f"with a preliminary AI report from {model}"
+        model = f"model {versions[0]}, adapter {versions[1]}" if versions else "the configured model"
+        return f"{model}, {'Celery workers' if self.mode == 'celery' else 'in-process worker'}"
 
     def versions(self) -> tuple[str, str] | None:
         """(model_version, adapter_version) as the workers compute them, from the same paths."""
@@ -246,25 +254,37 @@ class ReportService:
         return cache_key(payload, versions[0], versions[1], f"harmony:{self.engine_config.reasoning_effort}")
 
     def request(self, record: DeidentifiedRecord, *, deadline_s: float) -> ReportOutcome:
-        """The report if it can be had within `deadline_s`; never raises, never waits longer."""
-        started = time.monotonic()
+        """The report if it can be had within `deadline_s`; never raises, never waits longer
+        (plus `GRACE_S`; at least `MIN_WAIT_S` for a cache lookup)."""
         if not self.enabled:
             return ReportOutcome("disabled", reason="no model configured")
+        started = time.monotonic()
+        if started < self._down_until:
+            return ReportOutcome("unavailable", reason="queue unavailable")
+        deadline = started + max(deadline_s, self.MIN_WAIT_S)
         try:
-            return self._request(record.to_payload(), started + max(deadline_s, 0.0), wait=True)
+            future = self._executor.submit(self._request, record.to_payload(), deadline, True)
+            return future.result(timeout=max(deadline - time.monotonic(), 0.0) + self.GRACE_S)
+        except FutureTimeout:
+            self._trip("queue or cache did not answer in time")
+            return ReportOutcome("unavailable", reason="queue unavailable")
         except Exception as exc:  # noqa: BLE001 - the hook must answer whatever happens here
             log.error("AI report request failed: %s", type(exc).__name__)
             return ReportOutcome("unavailable", reason="internal error")
 
     def precompute(self, record: DeidentifiedRecord) -> Status:
-        """Submit without waiting (appointment-book): 'ready' if cached, else 'pending'."""
+        """Submit without waiting (appointment-book): 'pending' once handed over."""
         if not self.enabled:
             return "disabled"
+        if time.monotonic() < self._down_until:
+            return "unavailable"
         try:
-            return self._request(record.to_payload(), time.monotonic(), wait=False).status
+            payload = record.to_payload()
+            self._executor.submit(self._request, payload, time.monotonic(), False)
         except Exception as exc:  # noqa: BLE001
             log.error("AI report precompute failed: %s", type(exc).__name__)
             return "unavailable"
+        return "pending"
 
     def close(self) -> None:
         if self._pool is not None:
@@ -272,12 +292,22 @@ class ReportService:
         if self._executor is not None:
             self._executor.shutdown(wait=False, cancel_futures=True)
 
-    # -- internals -------------------------------------------------------------------------------
+    # -- internals (run on the executor) ---------------------------------------------------------
 
-    def _request(self, payload: dict[str, Any], deadline: float, *, wait: bool) -> ReportOutcome:
+    def _trip(self, why: str) -> None:
+        self._down_until = time.monotonic() + self.settings.broker_retry_s
+        log.warning("AI reports unavailable (%s); retrying in %.0f s", why, self.settings.broker_retry_s)
+
+    def _request(self, payload: dict[str, Any], deadline: float, wait: bool) -> ReportOutcome:
+        if wait and time.monotonic() >= deadline + self.GRACE_S:
+            return ReportOutcome("pending", reason="deadline")  # queued behind a stuck call: give up
         key = self.key_for(payload)
         if key is not None:
-            hit = self._cache_get(key)
+            try:
+                hit = self.cache.get(key)
+            except Exception as exc:  # noqa: BLE001 - a cache outage is an outage of the AI path
+                self._trip(f"cache: {type(exc).__name__}")
+                return ReportOutcome("unavailable", key=key, reason="cache unavailable")
             if hit is not None:
                 return self._outcome(hit, key)
         if self.mode == "embedded":
@@ -299,43 +329,30 @@ class ReportService:
             return future
 
     def _request_celery(self, payload: dict[str, Any], key: str | None, deadline: float, *, wait: bool) -> ReportOutcome:
-        now = time.monotonic()
-        if now < self._broker_down_until:
-            return ReportOutcome("unavailable", key=key, reason="queue unavailable")
+        from model.queue import REPORT_TASK
+
         task_id = str(uuid.uuid4())
         running = None
         if key is not None:
             claim_ttl = self.settings.visibility_timeout_s + self.settings.time_limit_s
             try:
                 running = self.cache.claim(key, task_id, claim_ttl)
-            except Exception as exc:  # noqa: BLE001 - without the marker we may queue twice: harmless
-                log.warning("report cache unavailable (%s)", type(exc).__name__)
+            except Exception as exc:  # noqa: BLE001
+                self._trip(f"cache: {type(exc).__name__}")
+                return ReportOutcome("unavailable", key=key, reason="cache unavailable")
         if running is None:
-            publish = self._executor.submit(self._publish, task_id, payload)
             try:
-                publish.result(timeout=max(deadline - time.monotonic(), 0.0) if wait else
-                               self.settings.broker_connect_timeout_s * 4)
-            except FutureTimeout:
-                self._release(key)
-                return ReportOutcome("unavailable", key=key, reason="queue too slow")
+                self._celery.send_task(REPORT_TASK, kwargs={"payload": payload}, task_id=task_id,
+                                       queue=self.settings.queue, retry=False)
             except Exception as exc:  # noqa: BLE001 - a down broker is an expected outage
                 self._release(key)
-                self._broker_down_until = time.monotonic() + self.settings.broker_retry_s
-                log.warning("AI report queue unavailable (%s); retrying in %.0f s",
-                            type(exc).__name__, self.settings.broker_retry_s)
+                self._trip(f"broker: {type(exc).__name__}")
                 return ReportOutcome("unavailable", key=key, reason="queue unavailable")
         else:
-            task_id = running
+            task_id = running  # the same input is being generated: wait for that job
         if not wait:
             return ReportOutcome("pending", key=key)
         return self._wait_task(task_id, deadline, key)
-
-    def _publish(self, task_id: str, payload: dict[str, Any]) -> None:
-        from model.queue import REPORT_TASK
-
-        self._celery.send_task(
-            REPORT_TASK, kwargs={"payload": payload}, task_id=task_id, queue=self.settings.queue, retry=False,
-        )
 
     def _wait_task(self, task_id: str, deadline: float, key: str | None) -> ReportOutcome:
         """Poll the result back end until the deadline.
@@ -391,13 +408,6 @@ class ReportService:
             return ReportOutcome("unavailable", key=key, reason="invalid")
         return ReportOutcome("ready", report=report, model_version=versions[0], adapter_version=versions[1],
                              prompt=value.get("prompt"), key=value.get("key", key))
-
-    def _cache_get(self, key: str) -> dict[str, Any] | None:
-        try:
-            return self.cache.get(key)
-        except Exception as exc:  # noqa: BLE001 - a cache outage means a miss
-            log.warning("report cache unavailable (%s)", type(exc).__name__)
-            return None
 
     def _release(self, key: str | None) -> None:
         if key is None:
