@@ -316,6 +316,13 @@ def _clinical_displays(node: Any, out: set[str], keep: set[str]) -> None:
                 _clinical_displays(v, out, keep)
 
 
+_DATED = {
+    "Condition": ("onsetDateTime", "recordedDate"),
+    "MedicationRequest": ("authoredOn",),
+    "AllergyIntolerance": ("recordedDate", "onsetDateTime"),
+}
+
+
 def _codes_key(concept: Any) -> tuple[tuple[str | None, str | None], ...]:
     if not isinstance(concept, Mapping):
         return ()
@@ -331,6 +338,7 @@ class _Worker:
     scanner: LeakScanner
     config: BuildConfig
     prompts: Any
+    developer: str = ""
 
 
 _STATE: _Worker | None = None
@@ -356,6 +364,7 @@ def _init_worker(config: BuildConfig, identifiers: Any) -> None:
         scanner=LeakScanner(identifiers),
         config=config,
         prompts=prompts,
+        developer=prompts.developer_instructions(),
     )
 
 
@@ -393,9 +402,35 @@ def patient_shard(raw: list[dict[str, Any]], shared_raw: list[dict[str, Any]], s
     examples: list[dict[str, Any]] = []
 
     stats = StatsCounter()
-    models = parse_many([*raw, *shared_raw], stats=stats)
     patient_raw = next(r for r in raw if r.get("resourceType") == "Patient")
     pid = patient_raw["id"]
+    encounters = sorted((r for r in raw if r.get("resourceType") == "Encounter" and isinstance(r.get("id"), str)),
+                        key=lambda r: (_sort_time(r), r["id"]))
+    counts["encounters"] = len(encounters)
+    if cfg.max_encounters is not None and len(encounters) > cfg.max_encounters:
+        counts["encounters_capped"] = len(encounters) - cfg.max_encounters
+        encounters = encounters[: cfg.max_encounters]
+    chosen = {e["id"] for e in encounters}
+    # Validate only what is used: notes are read from the raw lines (their base64 bodies are the
+    # bulk of an export), encounters and observations only for the encounters kept.
+    # With --max-encounters, entries dated after the last kept encounter can never be history.
+    starts = [t for e in encounters if (t := to_datetime((e.get("period") or {}).get("start")))]
+    horizon = max(starts) if cfg.max_encounters is not None and starts else None
+
+    def needed(r: dict[str, Any]) -> bool:
+        rtype = r.get("resourceType")
+        if rtype in ("DocumentReference", "Encounter", "Observation"):
+            ref = r.get("id") if rtype == "Encounter" else _ref_id(r.get("encounter"), "Encounter")
+            return rtype != "DocumentReference" and ref in chosen
+        if rtype == "Condition" and _ref_id(r.get("encounter"), "Encounter") in chosen:
+            return True
+        if horizon is not None and rtype in _DATED:
+            when = to_datetime(next((r.get(k) for k in _DATED[rtype] if r.get(k)), None))
+            return when is None or when <= horizon
+        return True
+
+    wanted = [r for r in raw if needed(r)]
+    models = parse_many([*wanted, *shared_raw], stats=stats)
     by_type: dict[str, list[Any]] = {}
     for m in models:
         by_type.setdefault(m.get_resource_type(), []).append(m)
@@ -406,7 +441,7 @@ def patient_shard(raw: list[dict[str, Any]], shared_raw: list[dict[str, Any]], s
     pseudonym = deid.pseudonym("Patient", pid)
     clinical: set[str] = set()
     people: set[str] = set()
-    _clinical_displays(raw, clinical, people)
+    _clinical_displays(wanted, clinical, people)
     identity = dataclasses.replace(
         base.identity, other_names=tuple(n for n in base.identity.other_names if n not in clinical - people)
     )
@@ -437,7 +472,7 @@ def patient_shard(raw: list[dict[str, Any]], shared_raw: list[dict[str, Any]], s
             continue
         for ref in (r.get("context") or {}).get("encounter") or []:
             eid = _ref_id(ref, "Encounter")
-            text = decode_note(r)
+            text = decode_note(r) if eid in chosen else None
             if eid and text:
                 notes_by_enc.setdefault(eid, []).append(text)
     obs_by_enc: dict[str, list[Any]] = {}
@@ -447,16 +482,13 @@ def patient_shard(raw: list[dict[str, Any]], shared_raw: list[dict[str, Any]], s
             obs_by_enc.setdefault(eid, []).append(m)
     patient_model = by_type["Patient"][0]
     enc_models = {m.id: m for m in by_type.get("Encounter", ())}
-    encounters = sorted((r for r in raw if r.get("resourceType") == "Encounter" and r.get("id") in enc_models),
-                        key=lambda r: (_sort_time(r), r.get("id")))
-    counts["encounters"] = len(encounters)
-    if cfg.max_encounters is not None and len(encounters) > cfg.max_encounters:
-        counts["encounters_capped"] = len(encounters) - cfg.max_encounters
-        encounters = encounters[: cfg.max_encounters]
 
     for ordinal, enc in enumerate(encounters):
         eid = enc["id"]
         start = to_datetime((enc.get("period") or {}).get("start"))
+        if eid not in enc_models:
+            drops["invalid_encounter"] += 1
+            continue
         if start is None:
             drops["encounter_without_start"] += 1
             continue
@@ -553,7 +585,10 @@ def patient_shard(raw: list[dict[str, Any]], shared_raw: list[dict[str, Any]], s
             "messages": row["messages"],
             "chat_template_kwargs": row.get("chat_template_kwargs"),
         }
-        hits = state.scanner.find(json_strings([example, seed_text]))
+        # The developer message is the same fixed instruction text in every example: skip it here
+        # (the output scan still reads it) and search everything that came from the record.
+        varying = [m for m in example["messages"] if not (m["role"] == "developer" and m["content"] == state.developer)]
+        hits = state.scanner.find(json_strings([varying, seed_text]))
         if hits:
             drops["leak_check"] += 1
             leak_types.update(hits)
