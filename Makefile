@@ -22,8 +22,11 @@ install-test: $(PY)
 	$(PIP) install -q torch==2.13.0
 	$(PIP) install -q -e '.[test]'
 
+# With no TRIAGE_CLIENTS_FILE the demo runs without JWT checks (loopback only; the service
+# logs a warning). Name a clients file to require CDS Hooks client JWTs.
 serve: install
-	$(VENV)/bin/triage serve --host $(HOST) --port $(PORT)
+	@if [ -z "$$TRIAGE_CLIENTS_FILE" ]; then export TRIAGE_INSECURE_NO_AUTH=$${TRIAGE_INSECURE_NO_AUTH:-1}; fi; \
+	exec $(VENV)/bin/triage serve --host $(HOST) --port $(PORT)
 
 test: install-test
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)

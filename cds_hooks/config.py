@@ -88,6 +88,12 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("TRIAGE_PSEUDONYM_KEY_FILE", None, _str,
             "File holding the secret pseudonym (HMAC) key. Default: the service makes one in its "
             "instance folder and keeps it (with a warning: demo only)."),
+    Setting("TRIAGE_SCRUB_FREE_TEXT", True, _bool,
+            "1 scrubs free text (condition/observation notes, code.text, clinical notes) with Presidio "
+            "and the clinical recognizers before it leaves the API process; 0 drops all free text."),
+    Setting("TRIAGE_SPACY_MODEL", "en_core_web_sm", _str,
+            "spaCy model behind Presidio's NER (installed package name). Production deployments name "
+            "a larger one, e.g. en_core_web_lg."),
     Setting("TRIAGE_HOOK_DEADLINE_MS", 450, _positive_int,
             "Deadline of one hook call in milliseconds; the rules card is always returned within it."),
     Setting("TRIAGE_BROKER_URL", None, _str,

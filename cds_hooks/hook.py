@@ -20,7 +20,7 @@ from deidentify import Deidentifier
 from deidentify.pseudonym import demo_key, load_key
 from fhir_adapter.client import PrefetchUnavailable, resolve_prefetch
 from fhir_adapter.extract import RecordError, build_record
-from model.rules import RulesConfig, score_record
+from model.rules import RulesConfig, RulesResult, score_record, score_vitals
 
 if TYPE_CHECKING:
     from flask import Flask
@@ -44,6 +44,7 @@ class Runtime:
     deadline_ms: int
     reports: ReportService | None = None  # AI reports (None: rules-only)
     reserve_ms: int = 40  # of the deadline, kept for building and logging cards after the AI wait
+    deid_failures: int = 0  # records refused by de-identification (fail closed), this process
 
     @classmethod
     def from_app(cls, app: Flask) -> Runtime:
@@ -60,10 +61,18 @@ class Runtime:
         from model.reports import ReportService
 
         reports = ReportService.from_settings(cfg)
+        scrubber = None
+        if cfg.get("TRIAGE_SCRUB_FREE_TEXT", True):
+            from deidentify.engine import build_analyzer
+            from deidentify.text import TextScrubber
+
+            scrubber = TextScrubber(build_analyzer(cfg.get("TRIAGE_SPACY_MODEL") or "en_core_web_sm"))
+            # Feedback comments are clinician free text: stored only after this scrubber ran.
+            app.extensions["triage_scrub_text"] = lambda text: scrubber.scrub(text).text
         return cls(
             reports=reports,
             reserve_ms=reports.settings.hook_reserve_ms,
-            deidentifier=Deidentifier(key),
+            deidentifier=Deidentifier(key, scrubber=scrubber),
             rules_config=RulesConfig(stale_after=timedelta(hours=float(cfg["TRIAGE_STALE_VITALS_HOURS"]))),
             store=get_store(app),
             fhir_timeout_s=float(cfg["TRIAGE_FHIR_TIMEOUT_S"]),
@@ -83,7 +92,10 @@ def patient_view(
     AI reports are on; every card is logged before it is returned."""
     started = _request_started()
     now = now or datetime.now(timezone.utc)
-    deidentified = load_deidentified(request, context, runtime, service, now=now)
+    try:
+        deidentified = load_deidentified(request, context, runtime, service, now=now)
+    except DeidentificationFailed as failed:
+        return _rules_card_only(failed, request, runtime, service, now)
     result = score_record(deidentified, runtime.rules_config)
     card = rules_card(
         result,
@@ -181,6 +193,55 @@ def load_deidentified(
         record = build_record(resolved.data, as_of=now, encounter_id=context.encounterId)
     except RecordError:
         raise PreconditionFailed("the Patient resource could not be read") from None
-    deidentified = runtime.deidentifier.record(record)
+    try:
+        deidentified = runtime.deidentifier.record(record)
+    except Exception as exc:  # noqa: BLE001 - fail closed, whatever went wrong
+        runtime.deid_failures += 1
+        # Only the exception type: its text could quote the identifier that leaked.
+        log.error("hookInstance=%s: de-identification failed (%s); rules card only, nothing queued",
+                  request.hookInstance, type(exc).__name__)
+        raise DeidentificationFailed(_score_identified(record, runtime.rules_config),
+                                     as_of=record.as_of, skipped=record.stats.skipped) from None
     del record  # no PHI past this point
     return deidentified
+
+
+class DeidentificationFailed(Exception):
+    """Invariant 2 (fail closed): the record could not be de-identified, so it goes nowhere.
+
+    Carries only the rules result, computed inside the API process from the EHR's own data, so
+    the nurse still gets the rules card (returned to the EHR alone; never queued or logged).
+    """
+
+    def __init__(self, result: RulesResult, *, as_of: datetime, skipped: int) -> None:
+        super().__init__("de-identification failed")
+        self.result = result
+        self.as_of = as_of
+        self.skipped = skipped
+
+
+def _score_identified(record: Any, config: RulesConfig) -> RulesResult:
+    days = record.age_days
+    return score_vitals(
+        record.vitals,
+        as_of=record.as_of,
+        age_years=min(record.age_years, 90) if record.age_years is not None else None,
+        age_days=days if days is not None and days < 365 else None,
+        config=config,
+    )
+
+
+def _rules_card_only(
+    failed: DeidentificationFailed, request: HookRequest, runtime: Runtime, service: Service, now: datetime
+) -> HookResponse:
+    card = rules_card(failed.result, as_of=failed.as_of, skipped=failed.skipped,
+                      stale_after=runtime.rules_config.stale_after)
+    # Logged without rule inputs or pseudonym: those would carry the record's real dates.
+    runtime.store.log_cards([
+        CardLog(uuid=card.uuid, service_id=service.id, hook_instance=request.hookInstance, kind="rules",
+                indicator=card.indicator, summary=card.summary,
+                rule_inputs={"deidentification": "failed"},
+                acuity=int(failed.result.acuity) if failed.result.acuity is not None else None,
+                created_at=now)
+    ])
+    return HookResponse(cards=[card])

@@ -40,7 +40,7 @@ def appointment_book(
 ) -> HookResponse:
     """Submit the booked patient's report for precomputation; never any card."""
     from cds_hooks.errors import PreconditionFailed
-    from cds_hooks.hook import load_deidentified
+    from cds_hooks.hook import DeidentificationFailed, load_deidentified
 
     reports = runtime.reports
     if reports is None or not reports.enabled:
@@ -49,6 +49,8 @@ def appointment_book(
         deidentified = load_deidentified(request, context, runtime, service)
     except PreconditionFailed:
         log.info("hookInstance=%s: prescreen skipped, patient data unavailable", request.hookInstance)
+        return HookResponse(cards=[])
+    except DeidentificationFailed:  # fail closed: nothing is queued
         return HookResponse(cards=[])
     status = reports.precompute(deidentified)
     log.info("hookInstance=%s: prescreen %s", request.hookInstance, status)
