@@ -22,7 +22,8 @@ import queue as queue_mod
 import threading
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
@@ -262,12 +263,15 @@ class ReportService:
         if started < self._down_until:
             return ReportOutcome("unavailable", reason="queue unavailable")
         deadline = started + max(deadline_s, self.MIN_WAIT_S)
+        progress = _Progress()
         try:
-            future = self._executor.submit(self._request, record.to_payload(), deadline, True)
+            future = self._executor.submit(self._request, record.to_payload(), deadline, True, progress)
             return future.result(timeout=max(deadline - time.monotonic(), 0.0) + self.GRACE_S)
         except FutureTimeout:
-            self._trip("queue or cache did not answer in time")
-            return ReportOutcome("unavailable", reason="queue unavailable")
+            if progress.in_io:  # stuck on the network: a hung broker or cache
+                self._trip("queue or cache did not answer in time")
+                return ReportOutcome("unavailable", reason="queue unavailable")
+            return ReportOutcome("pending", reason="deadline")  # only late (busy CPU): it goes on
         except Exception as exc:  # noqa: BLE001 - the hook must answer whatever happens here
             log.error("AI report request failed: %s", type(exc).__name__)
             return ReportOutcome("unavailable", reason="internal error")
@@ -298,13 +302,14 @@ class ReportService:
         self._down_until = time.monotonic() + self.settings.broker_retry_s
         log.warning("AI reports unavailable (%s); retrying in %.0f s", why, self.settings.broker_retry_s)
 
-    def _request(self, payload: dict[str, Any], deadline: float, wait: bool) -> ReportOutcome:
-        if wait and time.monotonic() >= deadline + self.GRACE_S:
-            return ReportOutcome("pending", reason="deadline")  # queued behind a stuck call: give up
+    def _request(self, payload: dict[str, Any], deadline: float, wait: bool,
+                 progress: _Progress | None = None) -> ReportOutcome:
+        progress = progress or _Progress()
         key = self.key_for(payload)
         if key is not None:
             try:
-                hit = self.cache.get(key)
+                with progress.io():
+                    hit = self.cache.get(key)
             except Exception as exc:  # noqa: BLE001 - a cache outage is an outage of the AI path
                 self._trip(f"cache: {type(exc).__name__}")
                 return ReportOutcome("unavailable", key=key, reason="cache unavailable")
@@ -315,7 +320,7 @@ class ReportService:
             if not wait:
                 return ReportOutcome("pending", key=key)
             return self._wait_future(future, deadline, key)
-        return self._request_celery(payload, key, deadline, wait=wait)
+        return self._request_celery(payload, key, deadline, wait=wait, progress=progress)
 
     def _embedded_submit(self, payload: dict[str, Any], key: str | None) -> Future[dict[str, Any]]:
         """Join the running job for the same input, else queue a new one."""
@@ -328,7 +333,8 @@ class ReportService:
                     future.add_done_callback(lambda _f, k=key: self._inflight.pop(k, None))
             return future
 
-    def _request_celery(self, payload: dict[str, Any], key: str | None, deadline: float, *, wait: bool) -> ReportOutcome:
+    def _request_celery(self, payload: dict[str, Any], key: str | None, deadline: float, *, wait: bool,
+                        progress: _Progress) -> ReportOutcome:
         from model.queue import REPORT_TASK
 
         task_id = str(uuid.uuid4())
@@ -336,14 +342,16 @@ class ReportService:
         if key is not None:
             claim_ttl = self.settings.visibility_timeout_s + self.settings.time_limit_s
             try:
-                running = self.cache.claim(key, task_id, claim_ttl)
+                with progress.io():
+                    running = self.cache.claim(key, task_id, claim_ttl)
             except Exception as exc:  # noqa: BLE001
                 self._trip(f"cache: {type(exc).__name__}")
                 return ReportOutcome("unavailable", key=key, reason="cache unavailable")
         if running is None:
             try:
-                self._celery.send_task(REPORT_TASK, kwargs={"payload": payload}, task_id=task_id,
-                                       queue=self.settings.queue, retry=False)
+                with progress.io():
+                    self._celery.send_task(REPORT_TASK, kwargs={"payload": payload}, task_id=task_id,
+                                           queue=self.settings.queue, retry=False)
             except Exception as exc:  # noqa: BLE001 - a down broker is an expected outage
                 self._release(key)
                 self._trip(f"broker: {type(exc).__name__}")
@@ -416,6 +424,21 @@ class ReportService:
             self.cache.release(key)
         except Exception:  # noqa: BLE001
             pass
+
+
+class _Progress:
+    """Whether the request's worker thread is inside a network call (for the caller's timeout)."""
+
+    def __init__(self) -> None:
+        self.in_io = False
+
+    @contextmanager
+    def io(self) -> Iterator[None]:
+        self.in_io = True
+        try:
+            yield
+        finally:
+            self.in_io = False
 
 
 def _settings_environ(settings: InferenceSettings) -> dict[str, str]:
