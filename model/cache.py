@@ -159,8 +159,35 @@ class RedisReportCache:
         self._redis.close()
 
 
+class NullReportCache:
+    """No cache at all (`TRIAGE_CACHE_URL=none`): every request is generated (benchmarks)."""
+
+    def get(self, key: str) -> dict[str, Any] | None:
+        return None
+
+    def put(self, key: str, value: Mapping[str, Any], ttl_s: int | None = None) -> None:
+        pass
+
+    def delete(self, key: str) -> None:
+        pass
+
+    def claim(self, key: str, task_id: str, ttl_s: int) -> str | None:
+        return None
+
+    def release(self, key: str) -> None:
+        pass
+
+    def incr(self, counter: str, amount: int = 1) -> None:
+        pass
+
+    def counters(self) -> dict[str, int]:
+        return {}
+
+
 def make_cache(settings: InferenceSettings) -> ReportCache:
     """Redis when a Redis URL is configured (TRIAGE_CACHE_URL, else the result back end / broker)."""
+    if settings.cache_url == "none":
+        return NullReportCache()
     url = settings.cache_redis_url
     if url:
         return RedisReportCache(url, ttl_s=settings.cache_ttl_s, prefix=settings.cache_prefix,

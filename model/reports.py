@@ -54,6 +54,8 @@ class ReportOutcome:
     prompt: str | None = None  # the de-identified chat messages (JSON) the model answered
     reason: str | None = None  # why not ready (short, never patient data)
     key: str | None = None
+    engine_s: float | None = None  # the worker's generate call for this report's batch
+    batch_size: int | None = None
 
 
 class EmbeddedPool:
@@ -385,7 +387,7 @@ class ReportService:
             if remaining <= 0:
                 return ReportOutcome("pending", key=key, reason="deadline")
             time.sleep(min(pause, remaining))
-            pause = min(pause * 1.5, 0.01)
+            pause = min(pause * 1.5, 0.005)
 
     def _wait_future(self, future: Future[dict[str, Any]], deadline: float, key: str | None) -> ReportOutcome:
         try:
@@ -409,13 +411,15 @@ class ReportService:
                 self._versions_warned = True
         if value.get("status") != "ok":
             return ReportOutcome("unavailable", model_version=versions[0], adapter_version=versions[1],
-                                 key=value.get("key", key), reason=str(value.get("status") or "error"))
+                                 key=value.get("key", key), reason=str(value.get("status") or "error"),
+                                 engine_s=value.get("engine_s"), batch_size=value.get("batch_size"))
         try:
             report = TriageReport.model_validate(value["report"])
         except Exception:  # noqa: BLE001 - revalidated here: a cache entry is never trusted blindly
             return ReportOutcome("unavailable", key=key, reason="invalid")
         return ReportOutcome("ready", report=report, model_version=versions[0], adapter_version=versions[1],
-                             prompt=value.get("prompt"), key=value.get("key", key))
+                             prompt=value.get("prompt"), key=value.get("key", key),
+                             engine_s=value.get("engine_s"), batch_size=value.get("batch_size"))
 
     def _release(self, key: str | None) -> None:
         if key is None:

@@ -50,7 +50,8 @@ INFERENCE_SETTINGS: tuple[InferenceSetting, ...] = (
                      "Celery result back end (Redis URL). Default: the broker URL when it is Redis."),
     InferenceSetting("TRIAGE_CACHE_URL", None, _str,
                      "Redis URL of the report cache. Default: the result back end / broker Redis; with "
-                     "no Redis at all, an in-process TTL LRU. `memory` forces the in-process cache."),
+                     "no Redis at all, an in-process TTL LRU. `memory` forces the in-process cache; "
+                     "`none` turns caching off (benchmarks: every request is generated)."),
     InferenceSetting("TRIAGE_CACHE_TTL_S", 21600, _positive_int,
                      "Seconds a finished report stays cached (default 6 h: one visit)."),
     InferenceSetting("TRIAGE_CACHE_MAX_ITEMS", 2048, _positive_int,
@@ -119,7 +120,7 @@ class InferenceSettings:
     @property
     def cache_redis_url(self) -> str | None:
         """Redis URL of the report cache, or None for the in-process cache."""
-        if self.cache_url == "memory":
+        if self.cache_url in ("memory", "none"):
             return None
         if self.cache_url:
             return self.cache_url

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -78,14 +79,18 @@ def run_batch(payloads: Sequence[dict[str, Any]], engine: Engine, cache: ReportC
 
     keys = list(todo)
     if keys:
+        started = time.perf_counter()
         try:
             generations = engine.generate_reports([prompts[k][0] for k in keys])
         except Exception as exc:  # noqa: BLE001 - includes SoftTimeLimitExceeded: the batch fails, cleanly
             log.error("inference batch of %d failed: %s", len(keys), type(exc).__name__)
             generations = None
             _safe_incr(cache, "engine_error", len(keys))
+        engine_s = round(time.perf_counter() - started, 6)
         for n, key in enumerate(keys):
-            result: dict[str, Any] = {**base, "key": key, "prompt": prompts[key][1]}
+            # engine_s: the generate call of this batch (the queue's own overhead is the rest).
+            result: dict[str, Any] = {**base, "key": key, "prompt": prompts[key][1], "engine_s": engine_s,
+                                      "batch_size": len(keys)}
             if generations is None:
                 result.update(status=STATUS_ERROR, error="inference failed")
             else:

@@ -1,0 +1,237 @@
+"""AI report path on CPU with the tiny model, each figure a ratio measured in this one run.
+
+    .venv/bin/python bench/inference_bench.py [--requests 8] [--direct 3] [--final-tokens 160] [--json OUT]
+
+1. Queue overhead: `ReportService.request` through Celery and the real Redis (a `triage worker`
+   process started here, prefork, concurrency 1) against a direct `Engine.generate_reports` call on
+   the same input. The cache is off (TRIAGE_CACHE_URL=none), so every request is generated. The
+   overhead of each queued request is its latency minus the worker's own generate time for it
+   (both in the same request; generation time varies by seconds on a shared CPU). Goal: p50 < 15 ms.
+2. Batching gain: N requests sent at once (the worker batches them into one generate call)
+   against the same N one at a time, both through the queue. Goal: >= 3x throughput.
+3. Memory: nf4 (attention and experts) against bf16 parameter bytes of the tiny model.
+4. The weight memory of gpt-oss-20b under bf16, nf4 attention-only, nf4 with experts and mxfp4,
+   from its real parameter counts.
+
+Redis DB 6 is the bench's own (flushed at start and end). The worker is always stopped.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from datetime import datetime, timezone
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+GOAL_OVERHEAD_MS = 15.0
+GOAL_BATCH_GAIN = 3.0
+
+
+def p50(values: list[float]) -> float:
+    return statistics.median(values)
+
+
+def records(count: int) -> list:
+    from deidentify import Deidentifier
+    from deidentify.pseudonym import demo_key
+    from fhir_adapter.extract import build_record
+    from support.cds_app import load, patient_view, synthea_paths
+
+    deid = Deidentifier(demo_key(tempfile.mkdtemp(prefix="triage-bench-key-")))
+    now = datetime.now(timezone.utc)
+    return [deid.record(build_record(patient_view(load(p))["prefetch"], as_of=now)) for p in synthea_paths()[:count]]
+
+
+@contextlib.contextmanager
+def worker(env: dict[str, str], log_path: Path):
+    log = log_path.open("wb")
+    proc = subprocess.Popen([sys.executable, "-m", "cds_hooks.cli", "worker", "--pool", "prefork",
+                             "--concurrency", "1", "--loglevel", "INFO"],
+                            cwd=ROOT, env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    try:
+        deadline = time.monotonic() + 180
+        while "engine loaded" not in log_path.read_text(errors="replace"):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit("worker did not start:\n" + log_path.read_text(errors="replace")[-2000:])
+            time.sleep(0.2)
+        yield proc
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+        log.close()
+
+
+def measure_direct(model_dir: Path, budget: dict[str, int], record, repeats: int) -> tuple[list[float], str]:
+    from model.engine import Engine, EngineConfig
+    from model.prompts import build_messages, render_chat_prompt
+
+    engine = Engine.load(EngineConfig(model_path=str(model_dir), **budget))
+    prompt = render_chat_prompt(engine.tokenizer, build_messages(record), reasoning_effort=engine.config.reasoning_effort)
+    engine.generate_reports([prompt])  # warm-up (kernels, grammar compilation)
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        engine.generate_reports([prompt])
+        times.append(time.perf_counter() - started)
+    return times, engine.model_version
+
+
+def measure_memory(model_dir: Path) -> dict[str, int]:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from model.quantize import load_nf4, parameter_bytes
+
+    bf16 = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.bfloat16, local_files_only=True)
+    nf4 = load_nf4(model_dir, device="cpu", local_files_only=True)
+    return {"bf16": parameter_bytes(bf16)["total"], "nf4": parameter_bytes(nf4)["total"]}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--requests", type=int, default=8, help="requests per phase (also the batch size)")
+    parser.add_argument("--direct", type=int, default=3, help="direct engine calls")
+    parser.add_argument("--final-tokens", type=int, default=160, help="final-channel token budget")
+    parser.add_argument("--analysis-tokens", type=int, default=0, help="analysis-channel token budget")
+    parser.add_argument("--redis", default="redis://127.0.0.1:6379/6", help="the bench's own Redis DB")
+    parser.add_argument("--json", dest="json_out", default=None, help="also write the figures here")
+    args = parser.parse_args(argv)
+
+    import redis
+
+    from model.cache import NullReportCache
+    from model.engine import EngineConfig
+    from model.quantize import format_memory_table, gpt_oss_20b_memory_table
+    from model.reports import ReportService
+    from model.settings import inference_settings
+    from model.tiny import cached_tiny_model
+
+    model_dir = cached_tiny_model(ROOT / ".tiny-model")
+    budget = {"max_new_tokens_analysis": args.analysis_tokens, "max_new_tokens_final": args.final_tokens,
+              "final_closing_reserve": args.final_tokens}
+    run = uuid.uuid4().hex[:8]
+    env = {
+        "TRIAGE_BROKER_URL": args.redis,
+        "TRIAGE_MODEL_PATH": str(model_dir),
+        "TRIAGE_INFERENCE_QUEUE": f"inference-bench-{run}",
+        "TRIAGE_CACHE_URL": "none",  # every request is generated
+        "TRIAGE_BATCH_MAX_SIZE": str(args.requests),
+        "TRIAGE_MAX_NEW_TOKENS_ANALYSIS": str(args.analysis_tokens),
+        "TRIAGE_MAX_NEW_TOKENS_FINAL": str(args.final_tokens),
+        "TRIAGE_FINAL_CLOSING_RESERVE": str(args.final_tokens),
+    }
+    client = redis.Redis.from_url(args.redis)
+    client.flushdb()
+    recs = records(args.requests)
+    figures: dict[str, object] = {}
+    t0 = time.perf_counter()
+    try:
+        print(f"tiny model {model_dir.name}; budget analysis={args.analysis_tokens} final={args.final_tokens} tokens; "
+              f"{os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}", flush=True)
+        direct, _ = measure_direct(model_dir, budget, recs[0], args.direct)
+        print(f"direct engine call, p50 {p50(direct) * 1000:.0f} ms over {len(direct)}", flush=True)
+
+        settings = inference_settings(env)
+        service = ReportService(settings, engine_config=EngineConfig(model_path=str(model_dir), **budget),
+                                cache=NullReportCache())
+        with worker(env, Path(tempfile.mkdtemp(prefix="triage-bench-")) / "worker.log"):
+            service.request(recs[0], deadline_s=600)  # warm-up: the worker's first batch
+            # One at a time (also the queue-overhead samples).
+            seq_started = time.perf_counter()
+            sequential = []
+            for rec in recs:
+                started = time.perf_counter()
+                outcome = service.request(rec, deadline_s=600)
+                sequential.append((time.perf_counter() - started, outcome))
+            seq_total = time.perf_counter() - seq_started
+            # All at once: batched by the worker.
+            results: list = [None] * len(recs)
+            barrier = threading.Barrier(len(recs))
+
+            def fire(i: int) -> None:
+                barrier.wait()
+                started = time.perf_counter()
+                outcome = service.request(recs[i], deadline_s=600)
+                results[i] = (time.perf_counter() - started, outcome)
+
+            threads = [threading.Thread(target=fire, args=(i,)) for i in range(len(recs))]
+            conc_started = time.perf_counter()
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            conc_total = time.perf_counter() - conc_started
+        service.close()
+
+        bad = [o.status for _, o in sequential + results if o.engine_s is None]
+        if bad:
+            raise SystemExit(f"some requests did not come back from the worker: {bad}")
+        overheads = [(lat - o.engine_s) * 1000 for lat, o in sequential]
+        queued_same = sequential[0][0]
+        batch_sizes = sorted({o.batch_size for _, o in results})
+        gain = seq_total / conc_total
+        figures.update(
+            direct_p50_ms=round(p50(direct) * 1000, 1),
+            queued_same_input_ms=round(queued_same * 1000, 1),
+            queue_overhead_p50_ms=round(p50(overheads), 2),
+            queue_overhead_max_ms=round(max(overheads), 2),
+            queue_overhead_ratio_p50=round(p50(overheads) / (p50(direct) * 1000), 5),
+            sequential_s=round(seq_total, 2),
+            concurrent_s=round(conc_total, 2),
+            batch_sizes=batch_sizes,
+            batching_gain=round(gain, 2),
+            valid_reports=sum(o.status == "ready" for _, o in sequential + results),
+            requests=len(sequential) + len(results),
+        )
+        print(f"queue overhead (latency - worker generate time): p50 {figures['queue_overhead_p50_ms']} ms, "
+              f"max {figures['queue_overhead_max_ms']} ms  [goal < {GOAL_OVERHEAD_MS} ms: "
+              f"{'met' if p50(overheads) < GOAL_OVERHEAD_MS else 'MISSED'}]")
+        print(f"  same input: queued {figures['queued_same_input_ms']} ms vs direct p50 {figures['direct_p50_ms']} ms "
+              "(generation time itself varies by seconds on a shared CPU)")
+        print(f"batching: {len(recs)} one at a time {seq_total:.1f} s, at once {conc_total:.1f} s "
+              f"(batch sizes {batch_sizes}) -> {gain:.2f}x throughput  [goal >= {GOAL_BATCH_GAIN}x: "
+              f"{'met' if gain >= GOAL_BATCH_GAIN else 'MISSED'}]")
+        print(f"valid reports: {figures['valid_reports']}/{figures['requests']} (invalid ones are rejected and counted)")
+
+        memory = measure_memory(model_dir)
+        ratio = memory["bf16"] / memory["nf4"]
+        figures.update(bf16_bytes=memory["bf16"], nf4_bytes=memory["nf4"], nf4_reduction=round(ratio, 2))
+        print(f"memory (tiny model parameters): bf16 {memory['bf16']:,} B, nf4 {memory['nf4']:,} B -> "
+              f"{ratio:.2f}x smaller")
+        table = gpt_oss_20b_memory_table()
+        figures["gpt_oss_20b"] = [row.as_dict() for row in table]
+        print("\ngpt-oss-20b weight memory (from its real parameter counts):")
+        print(format_memory_table(table))
+        figures["wall_s"] = round(time.perf_counter() - t0, 1)
+    finally:
+        client.flushdb()
+        client.close()
+    if args.json_out:
+        Path(args.json_out).write_text(json.dumps(figures, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,81 @@
+"""docker-compose.yml: our services run real `triage` commands with options that parse, the worker
+reserves a GPU, model and adapter are read-only volumes, and every setting is known and documented."""
+from __future__ import annotations
+
+from dataclasses import fields
+from pathlib import Path
+
+import click
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from cds_hooks.cli import cli
+from cds_hooks.config import SETTINGS
+from model.engine import EngineConfig
+from model.settings import INFERENCE_SETTINGS
+
+ROOT = Path(__file__).resolve().parent.parent
+COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+DEPLOYMENT_DOC = (ROOT / "docs" / "deployment.md").read_text()
+OURS = ("api", "worker", "flower")
+KNOWN = {s.name for s in SETTINGS} | {f.metadata["env"] for f in fields(EngineConfig)}
+
+
+def test_the_stack_has_every_service():
+    assert set(COMPOSE["services"]) == {"api", "worker", "flower", "redis", "postgres"}
+
+
+@pytest.mark.parametrize("name", OURS)
+def test_each_of_our_services_runs_a_real_triage_command(name):
+    command = COMPOSE["services"][name]["command"]
+    assert command[0] == "triage"
+    result = CliRunner().invoke(cli, [*command[1:], "--help"], prog_name="triage")
+    assert result.exit_code == 0, result.output
+    assert result.output.startswith(f"Usage: triage {command[1]}")
+    # The options themselves parse (types, choices, ranges), without running the command.
+    ctx = click.Context(cli)
+    sub = cli.get_command(ctx, command[1])
+    assert sub is not None
+    sub.make_context(command[1], list(command[2:]), parent=ctx)
+
+
+def test_bad_options_would_be_caught():
+    ctx = click.Context(cli)
+    with pytest.raises(click.UsageError):
+        cli.get_command(ctx, "worker").make_context("worker", ["--pool", "gevent"], parent=ctx)
+
+
+def test_api_runs_under_gunicorn_and_the_worker_reserves_one_gpu():
+    api = COMPOSE["services"]["api"]["command"]
+    assert api[1] == "serve" and "--debug" not in api  # `triage serve` without --debug is gunicorn
+    worker = COMPOSE["services"]["worker"]
+    assert worker["command"][1] == "worker" and worker["command"][worker["command"].index("--concurrency") + 1] == "1"
+    [device] = worker["deploy"]["resources"]["reservations"]["devices"]
+    assert device["driver"] == "nvidia" and device["count"] == 1 and device["capabilities"] == ["gpu"]
+
+
+def test_model_and_adapter_are_read_only_volumes_of_api_and_worker():
+    env = COMPOSE["services"]["worker"]["environment"]
+    for name in ("api", "worker"):
+        volumes = COMPOSE["services"][name]["volumes"]
+        # "${MODEL_DIR:-./models/base}:/models/base:ro": the host side may hold colons itself
+        targets = {v.rsplit(":", 2)[1]: v.rsplit(":", 2)[2] for v in volumes}
+        assert targets[env["TRIAGE_MODEL_PATH"]] == "ro"
+        assert targets[env["TRIAGE_ADAPTER_PATH"]] == "ro"
+    # API and worker share one settings block: the same cache keys on both sides.
+    assert COMPOSE["services"]["api"]["environment"] == env
+
+
+def test_every_setting_is_set_known_and_documented():
+    env = COMPOSE["services"]["api"]["environment"]
+    triage_vars = {k for k in env if k.startswith("TRIAGE_")}
+    assert triage_vars <= KNOWN, triage_vars - KNOWN
+    ours = {s.name for s in INFERENCE_SETTINGS} | {f.metadata["env"] for f in fields(EngineConfig)} | {
+        "TRIAGE_BROKER_URL", "TRIAGE_HOOK_DEADLINE_MS"}
+    assert ours <= triage_vars
+    missing_in_doc = sorted(name for name in triage_vars | ours if f"`{name}`" not in DEPLOYMENT_DOC)
+    assert not missing_in_doc
+    for setting in INFERENCE_SETTINGS:  # compose shows the defaults (URLs are the deployment's own)
+        if setting.default is not None:
+            assert setting.parse(str(env[setting.name])) == setting.default, setting.name
