@@ -18,6 +18,8 @@ from presidio_analyzer import EntityRecognizer, RecognizerResult
 
 from fhir_adapter.record import Address, Identity
 
+from .leaks import ORG_WORDS
+
 # Words that are never treated as a name or address token on their own (titles, suffixes,
 # organisation nouns): an organisation "Newman Regional Health" must not redact every "health".
 _NOT_A_NAME = frozenset(
@@ -27,10 +29,6 @@ _NOT_A_NAME = frozenset(
     practice family physicians pharmacy urgent primary partners network system systems home
     street st avenue ave road rd drive dr lane ln way court ct suite unit apt north south east
     west n s e w new saint mount mt""".split()
-)
-_ORG_WORDS = frozenset(
-    "hospital health healthcare clinic center centre medical regional general memorial llc inc "
-    "associates university pharmacy practice physicians services group system network partners".split()
 )
 _DIGIT_SUFFIX = re.compile(r"^([^\W\d_]+?)\d+$")
 _MONTHS = [
@@ -133,7 +131,7 @@ class KnownIdentifiers:
             names.add(other)
             names.add(_strip_digits(other))
             words = {w.lower().strip(".,") for w in other.split()}
-            if not words & _ORG_WORDS:  # a person: given and family names separately
+            if not words & ORG_WORDS:  # a person: given and family names separately
                 names |= _name_tokens(other)
         places: set[str] = set()
         for addr in identity.addresses:

@@ -19,6 +19,13 @@ from typing import Any
 
 from fhir_adapter.record import Identity
 
+# Words that mark a name as an organization's (its single words are not identifiers).
+ORG_WORDS = frozenset(
+    "hospital health healthcare clinic center centre medical regional general memorial llc inc "
+    "associates university pharmacy practice physicians services group system network partners "
+    "care urgent family community".split()
+)
+
 MIN_NAME = 3
 MIN_ADDRESS_LINE = 5
 MIN_IDENTIFIER = 4
@@ -123,8 +130,11 @@ class IdentifierSet:
                 s.add("NAME", f"{g} {f}")
         for n in identity.other_names:
             s.add("NAME", n)
-            for part in n.split():
-                s.add("NAME", part)
+            # A person's name parts are identifiers on their own; an organization's words
+            # ("Urgent", "Care", "Health") are not, only the whole name is.
+            if not {w.lower().strip(".,") for w in n.split()} & ORG_WORDS:
+                for part in n.split():
+                    s.add("NAME", part)
         for _system, value in identity.identifiers:
             s.add("IDENTIFIER", value)
         if identity.resource_id:

@@ -247,19 +247,45 @@ def _address(a: Any) -> Address:
                    postal_code=a.postalCode, country=a.country)
 
 
-def _reference_displays(node: Any, out: list[str]) -> None:
-    """Every `Reference.display` under a resource (e.g. a performer "Dr. Jane Smith")."""
+# Reference.display names a person or organization only when it points at one of these; a
+# display on any other reference (a Condition, an Encounter, a Medication) is clinical text.
+_PARTY_TYPES = frozenset({"Patient", "Person", "Practitioner", "PractitionerRole", "RelatedPerson",
+                          "Organization", "CareTeam", "Location"})
+# Fields whose references point at a party even when the reference is a bare urn:uuid.
+_PARTY_FIELDS = frozenset({"performer", "requester", "recorder", "asserter", "author", "individual",
+                           "serviceProvider", "generalPractitioner", "managingOrganization", "custodian",
+                           "practitioner", "organization", "provider", "insurer", "payor", "beneficiary",
+                           "subscriber", "policyHolder", "authenticator", "enterer", "participant",
+                           "actor", "location", "attester", "party", "sender", "recipient", "informant"})
+
+
+def _is_party_reference(node: Any, field_name: str | None) -> bool:
+    ref = node.__dict__.get("reference")
+    if isinstance(ref, str) and not ref.startswith(("urn:", "#")):
+        head = ref.split("?", 1)[0].rstrip("/").split("/")
+        rtype = head[-2] if len(head) >= 2 else head[0]
+        return rtype in _PARTY_TYPES
+    declared = node.__dict__.get("type")
+    if isinstance(declared, str):
+        return declared in _PARTY_TYPES
+    return field_name in _PARTY_FIELDS
+
+
+def _reference_displays(node: Any, out: list[str], field_name: str | None = None) -> None:
+    """`Reference.display` of every reference to a person or organization under a resource
+    (e.g. a performer "Dr. Jane Smith"); displays of clinical references are not identifiers."""
     if isinstance(node, FHIRAbstractModel):
         display = node.__dict__.get("display")
-        if display and "reference" in type(node).model_fields and isinstance(display, str):
+        if display and "reference" in type(node).model_fields and isinstance(display, str) \
+                and _is_party_reference(node, field_name):
             out.append(display)
         for key, value in node.__dict__.items():
             if value is not None and not isinstance(value, (str, int, float, bool, Decimal, date)):
-                _reference_displays(value, out)
+                _reference_displays(value, out, key)
     elif isinstance(node, list):
         for item in node:
             if isinstance(item, (FHIRAbstractModel, list)):
-                _reference_displays(item, out)
+                _reference_displays(item, out, field_name)
 
 
 def _identity(patient: Any, others: list[Any], displays: list[str]) -> Identity:

@@ -109,3 +109,12 @@ def test_large_set_is_fast() -> None:
     start = time.perf_counter()
     assert not find_leaks(text, ids)
     assert time.perf_counter() - start < 5
+
+
+def test_organization_words_are_not_identifiers_on_their_own() -> None:
+    from fhir_adapter.record import Identity
+
+    ids = IdentifierSet.from_identity(Identity(resource_id=None, other_names=("Harbor Urgent Care Clinic", "Ada Quill")))
+    assert not find_leaks("Seen at urgent care; clinic follow-up.", ids)
+    assert find_leaks("Seen at Harbor Urgent Care Clinic", ids)
+    assert find_leaks("Spoke with Quill today", ids)  # a person's family name alone still counts

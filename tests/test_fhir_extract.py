@@ -159,3 +159,22 @@ def test_no_patient_is_a_clear_error() -> None:
     with pytest.raises(RecordError):
         record_from_resources([{"resourceType": "Condition", "subject": {"reference": "Patient/x"},
                                 "code": {"text": "x"}}], None, NOW)
+
+
+def test_only_displays_of_people_and_organizations_are_identity_names() -> None:
+    """A reference's display names a party only when it points at one; a diagnosis display
+    ("Acute bronchitis") is clinical text and must not become an identifier to scrub."""
+    patient = {"resourceType": "Patient", "id": "p1", "gender": "female", "birthDate": "1980-01-01"}
+    encounter = {
+        "resourceType": "Encounter", "id": "e1", "status": "finished",
+        "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "AMB"},
+        "subject": {"reference": "Patient/p1"},
+        "participant": [{"individual": {"reference": "urn:uuid:1234", "display": "Dr. Ada Quill"}}],
+        "serviceProvider": {"reference": "Organization/o1", "display": "Harbor Family Clinic"},
+        "diagnosis": [{"condition": {"reference": "Condition/c1", "display": "Acute bronchitis"}}],
+    }
+    record = record_from_resources([patient, encounter], "p1", datetime(2024, 1, 1, tzinfo=timezone.utc),
+                                   encounter_id="e1")
+    names = record.identity.other_names
+    assert "Dr. Ada Quill" in names and "Harbor Family Clinic" in names
+    assert "Acute bronchitis" not in names
