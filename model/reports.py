@@ -55,6 +55,7 @@ class ReportOutcome:
     reason: str | None = None  # why not ready (short, never patient data)
     key: str | None = None
     engine_s: float | None = None  # the worker's generate call for this report's batch
+    batch_s: float | None = None  # the worker's whole run_batch (prompts + generate + cache)
     batch_size: int | None = None
 
 
@@ -412,14 +413,16 @@ class ReportService:
         if value.get("status") != "ok":
             return ReportOutcome("unavailable", model_version=versions[0], adapter_version=versions[1],
                                  key=value.get("key", key), reason=str(value.get("status") or "error"),
-                                 engine_s=value.get("engine_s"), batch_size=value.get("batch_size"))
+                                 engine_s=value.get("engine_s"), batch_s=value.get("batch_s"),
+                                 batch_size=value.get("batch_size"))
         try:
             report = TriageReport.model_validate(value["report"])
         except Exception:  # noqa: BLE001 - revalidated here: a cache entry is never trusted blindly
             return ReportOutcome("unavailable", key=key, reason="invalid")
         return ReportOutcome("ready", report=report, model_version=versions[0], adapter_version=versions[1],
                              prompt=value.get("prompt"), key=value.get("key", key),
-                             engine_s=value.get("engine_s"), batch_size=value.get("batch_size"))
+                             engine_s=value.get("engine_s"), batch_s=value.get("batch_s"),
+                                 batch_size=value.get("batch_size"))
 
     def _release(self, key: str | None) -> None:
         if key is None:

@@ -48,6 +48,7 @@ def run_batch(payloads: Sequence[dict[str, Any]], engine: Engine, cache: ReportC
     from deidentify.record import DeidentifiedRecord
     from model.prompts import build_messages, render_chat_prompt
 
+    batch_started = time.perf_counter()
     base = {"model_version": engine.model_version, "adapter_version": engine.adapter_version}
     variant = prompt_variant(engine)
     results: list[dict[str, Any] | None] = [None] * len(payloads)
@@ -108,6 +109,9 @@ def run_batch(payloads: Sequence[dict[str, Any]], engine: Engine, cache: ReportC
                 _safe_release(cache, key)
             for i in todo[key]:
                 results[i] = result
+        batch_s = round(time.perf_counter() - batch_started, 6)
+        for key in keys:  # the whole run_batch: prompts, generation, cache writes
+            results[todo[key][0]]["batch_s"] = batch_s
     return [r if r is not None else {**base, "status": STATUS_ERROR, "error": "no result"} for r in results]
 
 
@@ -192,9 +196,18 @@ class InferenceBatches(Batches):
 
     acks_late = True
     reject_on_worker_lost = True
+    _busy = 0  # batches handed to the pool and not finished (read and written in the event loop)
+
+    def _do_flush(self) -> None:
+        # Dynamic batching: while the model is busy, the timer does not flush; requests pile up
+        # and leave together when it is free (or when a full batch has arrived).
+        if self._busy and self._buffer.qsize() < self.flush_every:
+            return
+        super()._do_flush()
 
     def flush(self, requests: Sequence[Any]) -> Any:
         requests = list(requests)
+        self._busy += 1
         acks_early = [r for r in requests if not r.task.acks_late]
         acks_late = [r for r in requests if r.task.acks_late]
         serializable = ([SimpleRequest.from_request(r) for r in requests],)
@@ -205,10 +218,12 @@ class InferenceBatches(Batches):
                 req.acknowledge()
 
         def on_return(result: Any) -> None:
+            self._busy = max(self._busy - 1, 0)
             for req in acks_late:
                 req.acknowledge()
 
         def on_error(exc_info: Any) -> None:
+            self._busy = max(self._busy - 1, 0)
             exc = getattr(exc_info, "exception", exc_info)
             lost = isinstance(exc, WorkerLostError)
             log.error("inference batch of %d ended with %s", len(requests), type(exc).__name__)
