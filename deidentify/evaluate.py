@@ -120,6 +120,11 @@ class AsqReport:
         )
 
 
+def upper_cased(queries: list[AsqQuery]) -> list[AsqQuery]:
+    """The same queries and labels written in capitals (as nursing notes often are)."""
+    return [AsqQuery(q.text.upper(), tuple((t, v.upper()) for t, v in q.tags)) for q in queries]
+
+
 def subset(queries: list[AsqQuery], limit: int | None) -> list[AsqQuery]:
     """A deterministic subset: every k-th query, so positives and negatives stay mixed."""
     if not limit or limit >= len(queries):
@@ -128,8 +133,12 @@ def subset(queries: list[AsqQuery], limit: int | None) -> list[AsqQuery]:
     return [queries[int(i * step)] for i in range(limit)]
 
 
-def evaluate_asq(scrubber: TextScrubber, path: str | Path, *, limit: int | None = None) -> AsqReport:
+def evaluate_asq(scrubber: TextScrubber, path: str | Path, *, limit: int | None = None,
+                 upper: bool = False) -> AsqReport:
+    """`upper=True` evaluates the queries and labels upper-cased (ALL CAPS parity)."""
     queries = subset(load_asq(path), limit)
+    if upper:
+        queries = upper_cased(queries)
     t0 = time.perf_counter()
     spans = scrubber.analyze_many([q.text for q in queries])
     seconds = time.perf_counter() - t0

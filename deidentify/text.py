@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import Iterable, Literal, Sequence
 
 import regex
 from presidio_analyzer import AnalyzerEngine, RecognizerResult
 from presidio_analyzer.nlp_engine import NlpArtifacts
 
+from deidentify.casing import is_caps_line, truecase
 from deidentify.known import KnownIdentifiers
 from deidentify.operators import Surrogates, placeholder, shift_date_text
 
@@ -135,17 +135,19 @@ class TextScrubber:
     def analyze_many(
         self, texts: Sequence[str], *, known: KnownIdentifiers | None = None, batch_size: int | None = None
     ) -> list[list[Span]]:
+        """Spans per text. With `caps_pass`, lines written in capitals are analysed in a re-cased
+        copy (same length): NER and the case-sensitive patterns then see them as mixed case."""
         bs = batch_size or self.batch_size
         ad_hoc = [known.recognizer()] if known else None
         out: list[list[Span]] = [[] for _ in texts]
         todo = [i for i, t in enumerate(texts) if t.strip()]
-        ner = self._line_ner([texts[i] for i in todo], bs)
-        for i, (ents, extra) in zip(todo, ner):
-            text = texts[i]
+        views = [self.cased_view(texts[i]) for i in todo]
+        ner = self._line_ner(views, bs)
+        for i, view, (ents, extra) in zip(todo, views, ner):
             art = NlpArtifacts(entities=ents, tokens=[], tokens_indices=[], lemmas=[],
                                nlp_engine=self._nlp_engine, language="en", scores=[NER_SCORE] * len(ents))
             results = self.analyzer.analyze(
-                text,
+                view,
                 language="en",
                 entities=self.entities,
                 nlp_artifacts=art,
@@ -153,13 +155,29 @@ class TextScrubber:
                 ad_hoc_recognizers=ad_hoc,
             )
             results.extend(extra)
-            out[i] = join_places(text, resolve(_drop_eponyms(text, results)))
+            out[i] = join_places(view, resolve(_drop_eponyms(view, results)))
         return out
+
+    def cased_view(self, text: str) -> str:
+        """`text` with its ALL-CAPS lines re-cased (same length); `text` itself if there are none."""
+        if not self.caps_pass or not _CAPS_WORD.search(text):
+            return text
+        parts = []
+        pos = 0
+        for m in _LINE.finditer(text):
+            if is_caps_line(m.group()):
+                parts.append(text[pos:m.start()])
+                parts.append(truecase(m.group()))
+                pos = m.end()
+        if not parts:
+            return text
+        parts.append(text[pos:])
+        return "".join(parts)
 
     def _line_ner(self, texts: Sequence[str], batch_size: int) -> list[tuple[list["_Ent"], list[RecognizerResult]]]:
         """spaCy NER line by line, over unique lines only (notes repeat lines a lot), and only
-        on lines with a capital letter (entities without one are discarded anyway). ALL-CAPS
-        runs also go through a case-normalised pass. Results are cached per line."""
+        on lines with a capital letter (entities without one are discarded anyway). Runs of
+        capitals inside mixed-case lines also go through a re-cased pass. Cached per line."""
         cache = self._ner_cache
         wanted: dict[str, None] = {}
         plan: list[list[tuple[int, str, str | None, list[tuple[int, int]]]]] = []
@@ -171,6 +189,8 @@ class TextScrubber:
                     continue
                 runs = [(r.start(), r.end()) for r in _CAPS_RUN.finditer(line)] if self.caps_pass else []
                 cased = truecase(line) if runs else None
+                if cased == line:
+                    cased, runs = None, []
                 for key in (line, cased):
                     if key is not None and key not in cache:
                         wanted[key] = None
@@ -296,58 +316,6 @@ def _drop_eponyms(text: str, results: list[RecognizerResult]) -> list[Recognizer
                 r.end = m.start()
         keep.append(r)
     return keep
-
-
-# --- ALL-CAPS normalisation -------------------------------------------------------------------
-
-
-@lru_cache(maxsize=1)
-def _common_words() -> frozenset[str]:
-    """Lower-case English words: kept lower-case when a caps line is normalised, so NER sees
-    "spoke with daughter Lucinda Hargrove about discharge plans" instead of all Title Case.
-    spaCy's stop words, the English lemmatizer's word index (WordNet base forms) and a few
-    clinical abbreviations; names from the first/last-name lists are taken out again."""
-    from spacy.lang.en.stop_words import STOP_WORDS
-
-    words = set(STOP_WORDS)
-    try:
-        from deidentify.engine import build_analyzer
-
-        nlp = build_analyzer().nlp_engine.nlp["en"]
-        table = nlp.get_pipe("lemmatizer").lookups.get_table("lemma_index")
-        for forms in table.values():
-            words.update(w for w in forms if "_" not in w)
-    except Exception:  # a model without a rule lemmatizer: stop words only
-        pass
-    words.update("pt pts c/o hx dx tx rx sx abd bp hr rr temp spo2 sob prn bid tid qid po iv".split())
-    from faker.providers.person.en_US import Provider
-
-    names = {n.lower() for n in (*Provider.first_names_female, *Provider.first_names_male, *Provider.last_names)}
-    return frozenset(words - (names - set(STOP_WORDS)))
-
-
-def _is_common(word: str, common: frozenset[str]) -> bool:
-    w = word.lower().replace("’", "'")
-    if w in common:
-        return True
-    for suffix, repl in (("'s", ""), ("ies", "y"), ("es", ""), ("s", ""), ("ed", ""), ("ed", "e"),
-                         ("ing", ""), ("ing", "e"), ("ly", "")):
-        if w.endswith(suffix) and len(w) - len(suffix) >= 3 and w[: len(w) - len(suffix)] + repl in common:
-            return True
-    return False
-
-
-def truecase(text: str) -> str:
-    """Same-length copy of `text` with ALL-CAPS words re-cased: common English words lower,
-    anything else (names, places) in Title case."""
-    common = _common_words()
-
-    def fix(m: re.Match) -> str:
-        w = m.group()
-        t = w.lower() if _is_common(w, common) else w[0] + w[1:].lower()
-        return t if len(t) == len(w) else w
-
-    return _CAPS_WORD.sub(fix, text)
 
 
 # --- bulk JSONL scrubbing (`triage deid scrub`) -------------------------------------------------

@@ -38,6 +38,16 @@ def test_asq_phi_goals_full_set(scrubber, shared_data):
     assert report.fp_rate <= 0.10
 
 
+def test_asq_phi_goals_all_caps(scrubber, shared_data):
+    """The same queries written in capitals meet the same goals (re-cased view of caps lines)."""
+    report = evaluate_asq(scrubber, shared_data / "deid" / "asq-phi", upper=True)
+    assert report.negatives == 219 and report.overall.n == 2973
+    assert report.overall.recall >= 0.98
+    for typ, r in report.per_type.items():
+        assert r.recall >= TYPE_FLOOR.get(typ, 0.98), typ
+    assert report.fp_rate <= 0.10
+
+
 def test_synthea_notes_no_survivors(scrubber, shared_data):
     report = evaluate_synthea(scrubber, shared_data / "fhir" / "bulk-export-synthea-10", limit=150)
     assert report.notes == 150

@@ -72,6 +72,34 @@ def test_caps_names_need_the_normalised_pass(scrubber):
     assert "HARGROVE" in no_pass  # the plain pass misses it: the second pass is what catches it
 
 
+@pytest.mark.parametrize(
+    "caps, cased",
+    [
+        # common and clinical words lower, acronyms kept, names and places Title
+        ("PT SEEN BY DR. A. BARNES FOR COPD, ELEVATED CREATININE", "pt seen by Dr. A. Barnes for COPD, elevated creatinine"),
+        # a common word is a surname beside a first name, a town's name beside a facility noun
+        ("JANE DOE ADMITTED TO MERCY HOSPITAL ON MAY 5", "Jane Doe admitted to Mercy Hospital on May 5"),
+        ("SEEN AT MASS GENERAL IN NEW YORK CITY, NY", "seen at Mass General in New York City, NY"),
+        ("LIVES AT 789 ELM ST, BOSTON, MA", "lives at 789 Elm St, Boston, MA"),
+        # generic facility mentions and specialties stay lower
+        ("REFERRED TO THE HEMATOLOGY CLINIC. GENERAL ANESTHESIA. IN GENERAL", "referred to the hematology clinic. general anesthesia. in general"),
+        ("MAY RETURN IF WORSE", "may return if worse"),
+    ],
+)
+def test_truecase(caps, cased):
+    assert truecase(caps) == cased
+
+
+def test_caps_lines_analysed_in_cased_view(scrubber):
+    text = "Mixed line about Lisinopril.\nPT JANE DOE SEEN AT MERCY HOSPITAL ON MAY 5 FOR COPD"
+    view = scrubber.cased_view(text)
+    assert len(view) == len(text) and view.startswith("Mixed line about Lisinopril.\n")
+    out = scrubber.scrub(text).text
+    for value in ("JANE", "DOE", "MERCY", "MAY 5"):
+        assert value not in out, value
+    assert "COPD" in out and "Lisinopril" in out
+
+
 def test_offsets_point_into_original(scrubber, known):
     res = scrubber.scrub(NOTE, known=known)
     assert res.spans and all(isinstance(s, Span) for s in res.spans)

@@ -6,6 +6,7 @@ import pytest
 from deidentify.recognizers.account import AccountNumberRecognizer
 from deidentify.recognizers.address import AddressRecognizer
 from deidentify.recognizers.age import AgeOver89Recognizer
+from deidentify.recognizers.city_abbreviation import CityAbbreviationRecognizer
 from deidentify.recognizers.clinician import ClinicianNameRecognizer
 from deidentify.recognizers.date import ClinicalDateRecognizer
 from deidentify.recognizers.dea import DeaRecognizer, dea_is_valid
@@ -33,6 +34,18 @@ def found(cls, text: str) -> list[str]:
 
 
 CASES = [
+    # facility names with "&", curly apostrophes, street names, a town's own hospital
+    (VisitLocationRecognizer, "seen at Brigham & Women’s on 08/22", ["Brigham & Women’s"]),
+    (VisitLocationRecognizer, "seen last week at Baylor Scott & White.", ["Baylor Scott & White."]),
+    (FacilityRecognizer, "seen at our 5th avenue clinic today", ["5th avenue clinic"]),
+    (FacilityRecognizer, "seeing Dr. Lee at the county hospital", ["county hospital"]),
+    (FacilityRecognizer, "who came to General Hospital on Apr 5th", ["General Hospital"]),
+    (FacilityRecognizer, "under general anesthesia in a general hospital ward", []),
+    # large-city initials after a place preposition, in capitals only
+    (CityAbbreviationRecognizer, "pt is Jack W. from NYC, last seen", ["NYC"]),
+    (CityAbbreviationRecognizer, "moved to L.A. in 2019", ["L.A."]),
+    (CityAbbreviationRecognizer, "lives in SF", ["SF"]),
+    (CityAbbreviationRecognizer, "rise in LA pressure; NYC", []),
     # MRN / account / health plan / other ids, with their labels
     (MedicalRecordNumberRecognizer, "MRN: 00123456 on file", ["00123456"]),
     (MedicalRecordNumberRecognizer, "mrn #CS123456", ["#CS123456"]),

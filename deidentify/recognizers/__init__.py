@@ -8,6 +8,7 @@ def clinical_recognizers() -> list[EntityRecognizer]:
     from deidentify.recognizers.account import AccountNumberRecognizer
     from deidentify.recognizers.address import AddressRecognizer
     from deidentify.recognizers.age import AgeOver89Recognizer
+    from deidentify.recognizers.city_abbreviation import CityAbbreviationRecognizer
     from deidentify.recognizers.clinician import ClinicianNameRecognizer
     from deidentify.recognizers.date import ClinicalDateRecognizer
     from deidentify.recognizers.dea import DeaRecognizer
@@ -37,6 +38,7 @@ def clinical_recognizers() -> list[EntityRecognizer]:
         AddressRecognizer(),
         FacilityRecognizer(),
         VisitLocationRecognizer(),
+        CityAbbreviationRecognizer(),
         ClinicianNameRecognizer(),
         FirstNameRecognizer(),
     ]

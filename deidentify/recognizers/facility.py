@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from presidio_analyzer import Pattern
 
+from deidentify.recognizers.address import SUFFIX as STREET
 from deidentify.recognizers.base import ClinicalPatternRecognizer
 
 FACILITY = (
@@ -48,6 +49,11 @@ class FacilityRecognizer(ClinicalPatternRecognizer):
         Pattern("Facility (saint)", r"\b(?:st|saint|mt|mount)\.?[ \t]+(?-i:[A-Z])[\w'’-]+(?:[ \t]+(?-i:[A-Z])[\w'’-]+){0,3}", 0.8),
         # Hospital/University of <Name>, Hospital for Special Surgery
         Pattern("Facility (noun of name)", rf"\b(?:hospital|university|clinic|medical[ \t]+center)[ \t]+(?:of|for)[ \t]+(?:the[ \t]+)?{WORD}(?:[ \t]+{WORD}){{0,3}}", 0.75),
+        # "the county hospital", "City General Hospital", "General Hospital" (a town's own hospital)
+        Pattern("Facility (county/city)", r"\b(?:county|city)[ \t]+(?:general[ \t]+)?(?:hospital|hosp\b\.?|medical[ \t]+center)", 0.6),
+        Pattern("Facility (General Hospital)", r"\b(?-i:General)[ \t]+(?:hospital|hosp\b\.?)", 0.7),
+        # "our 5th Avenue clinic": a street name before a facility noun
+        Pattern("Facility (street)", rf"\b\d{{1,5}}(?:st|nd|rd|th)?[ \t]+(?:[a-z]+[ \t]+)?{STREET}[ \t]+(?:clinic|hospital|office|center|centre|practice)\b", 0.7),
         # Hyphenated names of well-known form: Cedars-Sinai, Wake Forest-Baptist, NewYork-Presbyterian
         Pattern("Facility (hyphenated)", r"\b(?-i:[A-Z][a-z]+)-(?:sinai|presbyterian|baptist|methodist|lutheran)\b", 0.8),
     ]

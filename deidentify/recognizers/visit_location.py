@@ -23,14 +23,14 @@ class VisitLocationRecognizer(ClinicalPatternRecognizer):
     PATTERNS = [
         Pattern(
             "Location (after visit verb)",
-            rf"(?<=\b{VERB}[ \t]+(?:(?:at|to|in|from|near)[ \t]+)(?:the[ \t]+)?(?:our[ \t]+)?)(?!{STOP}){WORD}(?:[ \t]+(?!{STOP}){WORD}){{0,3}}",
+            rf"(?<=\b{VERB}[ \t]+(?:(?:at|to|in|from|near)[ \t]+)(?:the[ \t]+)?(?:our[ \t]+)?)(?!{STOP}){WORD}(?:[ \t]+(?:&[ \t]+)?(?!{STOP}){WORD}){{0,3}}",
             0.55,
         ),
         # "at UCSF", "@ Stanford", "at Johns Hopkins on ...": only on lines that also have
         # lower-case words (in ALL CAPS text everything after "AT" would look like a name).
         Pattern(
             "Location (after at)",
-            rf"(?<=(?-i:[a-z]{{3}})[^\n]{{0,200}}?(?:\bat|@)[ \t]+(?:the[ \t]+)?)(?!{STOP}|(?-i:[A-Z][a-z]*[ \t]+(?:least|risk|rest|home|times?|night|baseline|bedside)\b)){WORD}(?:[ \t]+(?!{STOP}){WORD}){{0,3}}",
+            rf"(?<=(?-i:[a-z]{{3}})[^\n]{{0,200}}?(?:\bat|@)[ \t]+(?:the[ \t]+)?)(?!{STOP}|(?-i:[A-Z][a-z]*[ \t]+(?:least|risk|rest|home|times?|night|baseline|bedside)\b)){WORD}(?:[ \t]+(?:&[ \t]+)?(?!{STOP}){WORD}){{0,3}}",
             0.5,
         ),
     ]
