@@ -1047,7 +1047,15 @@ def deidentify_path(src: Any, dest: Any, pseudonymizer: Pseudonymizer, *,
             on_problem(msg)
 
     if src.is_dir():
-        files = sorted(p for p in src.rglob("*") if p.is_file() and p.suffix in (".json", ".ndjson"))
+        # A bulk export also holds NDJSON that is not FHIR (log.ndjson): the bulk reader's rule.
+        from fhir_adapter.bulk import _NDJSON, _is_type
+
+        def resource_file(p: Path) -> bool:
+            m = _NDJSON.match(p.name)
+            return p.suffix == ".json" or bool(m and _is_type(m.group(1)))
+
+        files = sorted(p for p in src.rglob("*") if p.is_file() and p.suffix in (".json", ".ndjson")
+                       and resource_file(p))
         pairs = [(p, dest / p.relative_to(src)) for p in files]
     elif src.is_file():
         pairs = [(src, dest / src.name)]

@@ -341,6 +341,18 @@ def test_cli_bulk_export_layout_validity_and_consistency(small_bulk, tmp_path, k
     assert pseudo not in (tmp_path / "out3" / "Patient.000.ndjson").read_text()
 
 
+def test_cli_bulk_export_skips_non_resource_ndjson(tmp_path, key_file) -> None:
+    """The export's log.ndjson is not FHIR: skipped (not reported as bad lines), exit 0."""
+    d = tmp_path / "bulk"
+    d.mkdir()
+    (d / "Patient.000.ndjson").write_text("".join((BULK / "Patient.000.ndjson").read_text().splitlines(True)[:3]))
+    (d / "log.ndjson").write_text((BULK / "log.ndjson").read_text())
+    res = _run("--input", str(d), "--output", str(tmp_path / "out"))
+    assert res.exit_code == 0, res.output
+    assert "log.ndjson" not in res.output
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["Patient.000.ndjson"]
+
+
 def test_cli_reports_corrupted_line_and_goes_on(tmp_path, key_file) -> None:
     lines = (BULK / "Condition.000.ndjson").read_text().splitlines()[:5]
     lines.insert(2, '{"resourceType": "Condition", "id": broken')
