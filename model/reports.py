@@ -372,7 +372,7 @@ class ReportService:
         overrun a sub-second timeout by up to a second. A GET every few ms costs ~0.1 ms each.
         """
         backend = self._celery.backend
-        pause = 0.002
+        pause = 0.001
         while True:
             try:
                 meta = backend.get_task_meta(task_id, cache=False)

@@ -62,8 +62,9 @@ INFERENCE_SETTINGS: tuple[InferenceSetting, ...] = (
                      "Name of the Celery queue the GPU workers consume."),
     InferenceSetting("TRIAGE_BATCH_MAX_SIZE", 8, _positive_int,
                      "Most report requests generated together in one batch (one generate call)."),
-    InferenceSetting("TRIAGE_BATCH_MAX_WAIT_MS", 10, _non_negative_int,
-                     "Longest a request waits in the worker for others to batch with (milliseconds)."),
+    InferenceSetting("TRIAGE_BATCH_MAX_WAIT_MS", 5, _non_negative_int,
+                     "Longest a request waits in an idle worker for others to batch with (ms). While "
+                     "the model is busy, requests pile up into the next batch anyway."),
     InferenceSetting("TRIAGE_TASK_SOFT_TIME_LIMIT_S", 120, _positive_int,
                      "Soft time limit of one batch (seconds): the batch is abandoned, its requests fail."),
     InferenceSetting("TRIAGE_TASK_TIME_LIMIT_S", 150, _positive_int,
@@ -97,7 +98,7 @@ class InferenceSettings:
     cache_prefix: str = "triage:report:"
     queue: str = "inference"
     batch_max_size: int = 8
-    batch_max_wait_ms: int = 10
+    batch_max_wait_ms: int = 5
     soft_time_limit_s: int = 120
     time_limit_s: int = 150
     result_expires_s: int = 3600
