@@ -1,14 +1,22 @@
-"""Dataset build benchmark: the 10-patient Synthea export replicated to 10, 100, 1,000 patients.
+"""Dataset build benchmark: the 13-patient Synthea export replicated to ~10, ~100, ~1,000 patients.
 
-For each size: the build runs as a subprocess (`triage dataset build`), its peak resident memory
-(the process and its workers, sampled with psutil) and wall time are recorded; then, in this
-process, bare de-identification (`TextScrubber.scrub_many`, warmed up) runs over the same note
-sections the build scrubs, and the ratio gives the pipeline's overhead.
+Per size, one child process (so each size starts cold and its memory is its own):
 
-Goals (issue 5): linear time, flat memory (within 20% from 100 to 1,000 patients), pipeline
-overhead <= 25% over de-identification.
+1. builds the export (`model.dataset.build`, one worker unless --workers) and records the wall time
+   of each phase and the process's peak resident memory (`ru_maxrss`, read right after the build);
+2. then, in the same process, times bare de-identification: a fresh `TextScrubber` (same class and
+   settings as the build's, warmed up on an unrelated sentence) over exactly the free text the
+   build scrubs, patient by patient, with the same known identifiers and date shift
+   (`model.dataset.patient_free_texts`: the distinct note sections, encounter types and reasons,
+   and history texts that `patient_shard` sends to the scrubber).
 
-    .venv/bin/python bench/dataset_bench.py --sizes 10,100,1000 --max-encounters 3
+Build throughput vs bare throughput: ratio = build time / bare time on the same texts, both without
+the scrubber's start-up (spaCy + Presidio load, a fixed few seconds reported apart as "load");
+overhead = ratio - 1. Goals (issue 5): overhead <= 25%, time linear in patients, peak memory within
+20% from 100 to 1,000 patients.
+
+    .venv/bin/python bench/dataset_bench.py                      # 10,100,1000 with --max-encounters 3
+    .venv/bin/python bench/dataset_bench.py --sizes 13 --max-encounters 0   # whole export, uncapped
 """
 from __future__ import annotations
 
@@ -22,8 +30,6 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
-
-import psutil
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -61,106 +67,113 @@ def replicate(src: Path, dst: Path, copies: int) -> int:
     return patients
 
 
-def scrub_texts(export: Path, max_encounters: int | None) -> list[list[str]]:
-    """Per patient, the note sections the build scrubs (presenting complaint, assessment and plan)."""
+def child(export: Path, out: Path, key: Path, max_encounters: int | None, workers: int) -> None:
+    """Build, then bare de-identification of the same texts; one JSON line on stdout."""
+    import resource
+
+    from model.dataset import BuildConfig, build, make_worker, patient_free_texts
+
+    cfg = BuildConfig(input=export, output=out, key_file=key, max_encounters=max_encounters, workers=workers,
+                      progress=False)
+    result = build(cfg)
+    peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    peak_children_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss  # the largest worker
+
+    from deidentify.leaks import IdentifierSet
+    from deidentify.text import TextScrubber
     from fhir_adapter.bulk import iter_patients
-    from model.dataset import _ref_id, decode_note, note_sections
 
-    out: list[list[str]] = []
+    t = time.monotonic()
+    bare = TextScrubber()
+    bare.scrub_many(["warm-up: Jane Doe seen at 10 Main St on 3/4/2020."])
+    bare_load = time.monotonic() - t
+    # The build's own planning (untimed) names the texts; the scrubber in `state` is never called.
+    state = make_worker(cfg, IdentifierSet(), scrubber=bare)
+    bare_s = 0.0
+    n_texts = n_chars = 0
     for p in iter_patients(export, types=()):
-        encs = sorted((r for r in p.raw if r.get("resourceType") == "Encounter"),
-                      key=lambda r: ((r.get("period") or {}).get("start") or "", r["id"]))[:max_encounters]
-        wanted = {e["id"] for e in encs}
-        dx = {_ref_id(r.get("encounter"), "Encounter") for r in p.raw if r.get("resourceType") == "Condition"}
-        wanted = {e["id"] for e in encs if e["id"] in dx or e.get("reasonCode")}
-        texts: list[str] = []
-        for r in p.raw:
-            if r.get("resourceType") != "DocumentReference":
-                continue
-            eids = {_ref_id(x, "Encounter") for x in (r.get("context") or {}).get("encounter") or []}
-            if eids & wanted:
-                s = note_sections(decode_note(r) or "")
-                texts += [t for t in (s.get("chief complaint", "") + "\n" + s.get("history of present illness", ""),
-                                      s.get("assessment and plan", "")) if t.strip()]
-        out.append(texts)
-    return out
+        texts, known, shift = patient_free_texts(p.raw, p.shared_raw, state)
+        if not texts:
+            continue
+        n_texts += len(texts)
+        n_chars += sum(map(len, texts))
+        t = time.monotonic()
+        bare.scrub_many(texts, known=known, date_shift_days=shift)
+        bare_s += time.monotonic() - t
+    c = result.counts
+    print(json.dumps({
+        "patients": c["patients"], "examples": c["examples"], "encounters": c["encounters"] - c["encounters_over_cap"],
+        "free_texts_build": c.get("free_texts_scrubbed"), "free_texts_bare": n_texts, "chars": n_chars,
+        "elapsed_s": result.elapsed_s, "timings": result.timings, "bare_s": bare_s, "bare_load_s": bare_load,
+        "peak_rss_mb": peak_kb / 1024, "peak_worker_rss_mb": peak_children_kb / 1024,
+    }))
 
 
-def run_build(export: Path, out: Path, key: Path, max_encounters: int | None, workers: int) -> dict:
-    cmd = [sys.executable, "-c", "from cds_hooks.cli import main; main()", "dataset", "build", "--input", str(export),
-           "--output", str(out), "--key-file", str(key), "--quiet", "--workers", str(workers)]
-    if max_encounters:
-        cmd += ["--max-encounters", str(max_encounters)]
+def run_size(export: Path, out: Path, key: Path, cap: int | None, workers: int) -> dict:
+    cmd = [sys.executable, __file__, "--child", str(export), str(out), str(key), str(cap or 0), str(workers)]
     t0 = time.monotonic()
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    ps = psutil.Process(proc.pid)
-    peak = 0
-    while proc.poll() is None:
-        try:
-            rss = ps.memory_info().rss + sum(c.memory_info().rss for c in ps.children(recursive=True))
-            peak = max(peak, rss)
-        except psutil.Error:
-            pass
-        time.sleep(0.1)
-    wall = time.monotonic() - t0
-    stdout, stderr = proc.communicate()
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     if proc.returncode != 0:
-        raise SystemExit(f"build failed ({proc.returncode}): {stderr.strip().splitlines()[-1:]}")
-    m = re.search(r"time\s+([\d.]+) s", stdout)
-    manifest = json.loads((out / "manifest.json").read_text())
-    return {"wall_s": wall, "build_s": float(m.group(1)) if m else wall, "peak_rss_mb": peak / 2**20,
-            "examples": manifest["counts"]["examples"], "patients": manifest["counts"]["patients"],
-            "encounters_used": manifest["counts"]["encounters"] - manifest["counts"]["encounters_over_cap"]}
+        raise SystemExit(f"build failed ({proc.returncode}): {proc.stderr.strip().splitlines()[-1:]}")
+    row = json.loads(proc.stdout.strip().splitlines()[-1])
+    row["process_wall_s"] = time.monotonic() - t0
+    return row
 
 
 def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "--child":
+        export, out, key, cap, workers = sys.argv[2:7]
+        child(Path(export), Path(out), Path(key), int(cap) or None, int(workers))
+        return
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--sizes", default="10,100,1000", help="approximate patient counts (13-patient copies)")
-    ap.add_argument("--max-encounters", type=int, default=3, help="per patient (0: all)")
+    ap.add_argument("--sizes", default="10,100,1000", help="approximate patient counts (copies of 13 patients)")
+    ap.add_argument("--max-encounters", type=int, default=3, help="first N encounters per patient (0: all)")
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--keep", action="store_true", help="keep the replicated exports and outputs")
     args = ap.parse_args()
     cap = args.max_encounters or None
-    from deidentify.text import TextScrubber
-
     base_patients = sum(1 for _ in (EXPORT / "Patient.000.ndjson").open())
-    scrubber = TextScrubber()
-    scrubber.scrub_many(["warm-up: Jane Doe seen at 10 Main St on 3/4/2020."])
     tmp = Path(tempfile.mkdtemp(prefix="dataset-bench-"))
     key = tmp / "key"
     key.write_text(secrets.token_hex(32))
-    print(f"bench: sizes={args.sizes} max_encounters={cap} workers={args.workers} cpus={psutil.cpu_count()} "
-          f"(export of {base_patients} patients replicated; first {cap or 'all'} encounters per patient)")
+    import os
+
+    print(f"bench: sizes={args.sizes} max_encounters={cap or 'all'} workers={args.workers} cpus={os.cpu_count()} "
+          f"(the {base_patients}-patient export replicated, ids re-keyed)")
+    print("ratio = build s / bare de-identification s over the same texts, both without the scrubber's load")
     rows = []
-    for size in (int(s) for s in args.sizes.split(",")):
-        copies = max(1, round(size / base_patients))
-        export = tmp / f"export-{size}"
-        patients = replicate(EXPORT, export, copies)
-        b = run_build(export, tmp / f"out-{size}", key, cap, args.workers)
-        texts = scrub_texts(export, cap)
-        t0 = time.monotonic()
-        for per_patient in texts:
-            scrubber.scrub_many(per_patient)
-        deid_s = time.monotonic() - t0
-        n_texts = sum(len(t) for t in texts)
-        row = {"patients": patients, **b, "deid_s": deid_s, "texts": n_texts}
-        row["examples_per_s"] = b["examples"] / b["build_s"]
-        row["overhead"] = b["build_s"] / deid_s - 1 if deid_s else float("nan")
-        rows.append(row)
-        print(f"{patients:>6} patients  {b['encounters_used']:>6} encounters  {b['examples']:>6} examples  "
-              f"build {b['build_s']:7.1f} s (wall {b['wall_s']:6.1f})  {row['examples_per_s']:6.1f} ex/s  "
-              f"peak RSS {b['peak_rss_mb']:7.1f} MB  bare deid {deid_s:6.1f} s over {n_texts} texts  "
-              f"overhead {row['overhead']*100:+.0f}%", flush=True)
+    try:
+        for size in (int(s) for s in args.sizes.split(",")):
+            copies = max(1, round(size / base_patients))
+            export = tmp / f"export-{size}"
+            replicate(EXPORT, export, copies)
+            r = run_size(export, tmp / f"out-{size}", key, cap, args.workers)
+            tm = r["timings"]
+            build_s = r["elapsed_s"] - tm.get("load", 0.0)
+            r["build_s"] = build_s
+            r["examples_per_s"] = r["examples"] / build_s
+            r["ratio"] = build_s / r["bare_s"] if r["bare_s"] else float("nan")
+            r["overhead_pct"] = (r["ratio"] - 1) * 100
+            rows.append(r)
+            print(f"{r['patients']:>5} patients {r['encounters']:>6} enc {r['examples']:>6} examples | "
+                  f"build {build_s:6.1f} s (index {tm.get('index', 0):.1f}, patients {tm.get('patients', 0):.1f}, "
+                  f"merge {tm.get('merge', 0):.1f}; load {tm.get('load', 0):.1f}) {r['examples_per_s']:6.1f} ex/s | "
+                  f"bare {r['bare_s']:6.1f} s over {r['free_texts_bare']} texts ({r['chars'] / 1e6:.1f} M chars) | "
+                  f"ratio {r['ratio']:.2f} overhead {r['overhead_pct']:+.0f}% | peak RSS {r['peak_rss_mb']:.0f} MB",
+                  flush=True)
+            if r["free_texts_build"] != r["free_texts_bare"]:
+                print(f"  warning: the build scrubbed {r['free_texts_build']} texts, the bare run {r['free_texts_bare']}")
+    finally:
+        if not args.keep:
+            import shutil
+
+            shutil.rmtree(tmp, ignore_errors=True)
     if len(rows) >= 2:
         a, z = rows[-2], rows[-1]
-        print(f"memory {a['patients']} -> {z['patients']} patients: {z['peak_rss_mb']/a['peak_rss_mb']*100-100:+.1f}% "
-              f"(goal within 20%); time per example {a['build_s']/max(a['examples'],1)*1000:.0f} -> "
-              f"{z['build_s']/max(z['examples'],1)*1000:.0f} ms (linear: equal)")
+        print(f"memory {a['patients']} -> {z['patients']} patients: {z['peak_rss_mb'] / a['peak_rss_mb'] * 100 - 100:+.1f}% "
+              f"(goal within 20%); build ms per patient {a['build_s'] / a['patients'] * 1000:.0f} -> "
+              f"{z['build_s'] / z['patients'] * 1000:.0f} (linear: equal)")
     print(json.dumps(rows, indent=1))
-    if not args.keep:
-        import shutil
-
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":

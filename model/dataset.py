@@ -53,6 +53,9 @@ FORMATS = ("chat", "seed", "parquet")
 WORK_DIR = ".work"
 IDENTITY_TYPES = ("Patient", "RelatedPerson", "Practitioner", "Organization", "Location")
 SHARD_VERSION = 1
+# Examples show slices of the patient's history de-identified (and leak-checked) once. False: each
+# example's whole record is de-identified and checked on its own (the reference path, for tests).
+SLICE_HISTORY = True
 
 # v3 ActPriority -> acuity. Only codes that state urgency; callback/timing codes carry none.
 PRIORITY_ACUITY: dict[str, int] = {
@@ -115,6 +118,9 @@ class BuildResult:
     manifest: dict[str, Any]
     elapsed_s: float
     merged: bool
+    # Wall seconds per phase (not in the manifest: outputs stay byte-identical): "index" (identifier
+    # pass and patient index), "load" (scrubber start-up, one worker), "patients", "merge".
+    timings: dict[str, float] = field(default_factory=dict)
 
     @property
     def counts(self) -> dict[str, Any]:
@@ -150,6 +156,7 @@ def tool_version() -> str:
 # ---- leak scanning at scale -------------------------------------------------------------------
 
 _TOKEN = re.compile(r"[^\W\d_]+|\d+")
+_DIGIT_RUN = re.compile(r"\d+")
 
 
 def _tokens(text: str) -> list[str]:
@@ -194,7 +201,7 @@ class LeakScanner:
                 if need <= toks:
                     cand.setdefault(kind, set()).add(value)
         if self._phones:
-            digits = re.sub(r"\D", "", text)
+            digits = "".join(_DIGIT_RUN.findall(text))  # = re.sub(r"\D", "", text), without a call per character
             for i in range(max(0, len(digits) - 6)):
                 for phone in self._phones.get(digits[i : i + 7], ()):
                     cand.setdefault("PHONE", set()).add(phone)
@@ -329,6 +336,80 @@ def _codes_key(concept: Any) -> tuple[tuple[str | None, str | None], ...]:
     return tuple((c.get("system"), c.get("code")) for c in concept.get("coding") or [] if isinstance(c, Mapping))
 
 
+class _Collected(Exception):
+    """Raised by `MemoScrubber` in collect mode, once a record's texts have been noted."""
+
+
+_PROBE = "\x00"  # a note added in collect mode, so that every record calls the scrubber once
+
+
+class MemoScrubber:
+    """The TextScrubber behind a per-patient memo: each distinct free text is scrubbed once.
+
+    A patient's examples share texts (history entries, encounter types and reasons). TextScrubber
+    analyses each text on its own, so its result depends only on the text, the known identifiers and
+    the date shift, which are the same for all of one patient's records: a remembered result is the
+    result a second scrub would give. A change of known identifiers or shift empties the memo.
+    """
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self._memo: dict[str, Any] = {}
+        self._known: Any = None
+        self._shift: int | None = None
+        self._collect: list[tuple[list[str], Any, int | None]] | None = None
+        self.texts = 0  # texts sent to the inner scrubber
+        self.misses = 0  # of those, texts not planned by `collect` + `prime` (0 in a build)
+
+    def reset(self) -> None:
+        self._memo.clear()
+        self._known = self._shift = None
+
+    def collect(self, deid: Any, record: Any) -> tuple[list[str], Any, int | None]:
+        """The free texts `deid.record(record)` would scrub, with its known identifiers and date
+        shift, asked of `deidentify` itself (nothing is scrubbed or checked)."""
+        self._collect = []
+        try:
+            deid.record(dataclasses.replace(record, notes=(*record.notes, _PROBE)))
+        except _Collected:
+            pass
+        finally:
+            got, self._collect = self._collect, None
+        if len(got) != 1 or not got[0][0] or got[0][0][-1] != _PROBE:
+            raise RuntimeError("de-identification did not scrub its texts in one batch")
+        texts, known, shift = got[0]
+        return texts[:-1], known, shift
+
+    def prime(self, texts: Sequence[str], known: Any, shift: int | None) -> None:
+        self._switch(known, shift)
+        self._fill([t for t in dict.fromkeys(texts) if t not in self._memo], known, shift)
+
+    def scrub_many(self, texts: Iterable[str], *, known: Any = None, date_shift_days: int | None = None) -> list[Any]:
+        texts = list(texts)
+        if self._collect is not None:
+            self._collect.append((texts, known, date_shift_days))
+            raise _Collected
+        self._switch(known, date_shift_days)
+        todo = [t for t in dict.fromkeys(texts) if t not in self._memo]
+        self.misses += len(todo)
+        self._fill(todo, known, date_shift_days)
+        return [self._memo[t] for t in texts]
+
+    def _switch(self, known: Any, shift: int | None) -> None:
+        if known != self._known or shift != self._shift:
+            self.reset()
+            self._known, self._shift = known, shift
+
+    def _fill(self, todo: list[str], known: Any, shift: int | None) -> None:
+        if not todo:
+            return
+        results = self.inner.scrub_many(todo, known=known, date_shift_days=shift)
+        if len(results) != len(todo):
+            raise RuntimeError("scrubber returned a different number of texts")
+        self._memo.update(zip(todo, results))
+        self.texts += len(todo)
+
+
 @dataclass
 class _Worker:
     """Per-process state: the key (read from the key file here, never sent), the scrubber, the
@@ -338,6 +419,7 @@ class _Worker:
     scanner: LeakScanner
     config: BuildConfig
     prompts: Any
+    memo: MemoScrubber
     developer: str = ""
 
 
@@ -354,16 +436,22 @@ def make_scrubber() -> Any:
 
 def _init_worker(config: BuildConfig, identifiers: Any) -> None:
     global _STATE
+    _STATE = make_worker(config, identifiers)
+
+
+def make_worker(config: BuildConfig, identifiers: Any, scrubber: Any = None) -> _Worker:
     from deidentify.deidentifier import Deidentifier as _D
     from deidentify.pseudonym import load_key
 
     from . import prompts
 
-    _STATE = _Worker(
-        deid=_D(load_key(config.key_file), scrubber=make_scrubber()),
+    memo = MemoScrubber(scrubber if scrubber is not None else make_scrubber())
+    return _Worker(
+        deid=_D(load_key(config.key_file), scrubber=memo),
         scanner=LeakScanner(identifiers),
         config=config,
         prompts=prompts,
+        memo=memo,
         developer=prompts.developer_instructions(),
     )
 
@@ -384,23 +472,44 @@ def _sort_time(res: Mapping[str, Any]) -> str:
     return str(period.get("start") or "")
 
 
-def patient_shard(raw: list[dict[str, Any]], shared_raw: list[dict[str, Any]], state: _Worker) -> dict[str, Any]:
-    """All examples and counts of one patient (runs in a worker; returns de-identified data only)."""
-    from deidentify.leaks import LeakDetected
-    from deidentify.record import DeidentifiedRecord
+@dataclass
+class _Visit:
+    """One encounter that may become an example, before de-identification."""
+
+    ordinal: int
+    record: Any  # the encounter's own PatientRecord: identity, age, vitals, encounter, note sections
+    note_keys: tuple[str, ...]  # which sections record.notes holds ("presenting", "ap")
+    diagnoses: list[str]
+    history: list[tuple[int, str]]  # (index into base.conditions, clinical status at the visit)
+    medications: list[int]  # indices into base.medications
+    allergies: list[int]
+    level: int | None
+    source: str | None
+
+
+@dataclass
+class _Plan:
+    pid: str
+    pseudonym: str
+    identity: Any
+    history: Any  # PatientRecord: the identity and every history entry some visit shows, nothing else
+    conditions: list[int]  # base indices kept in `history`, in order
+    medications: list[int]
+    allergies: list[int]
+    visits: list[_Visit]
+    counts: Counter[str]
+    drops: Counter[str]
+    stats: Any
+
+
+def _plan(raw: list[dict[str, Any]], shared_raw: list[dict[str, Any]], state: _Worker) -> _Plan | dict[str, Any]:
+    """Everything one patient's examples need, not yet de-identified (a dict: the patient is dropped)."""
     from fhir_adapter.extract import RecordError, record_from_resources, to_datetime
     from fhir_adapter.parse import StatsCounter, parse_many
 
     cfg = state.config
-    deid = state.deid
     counts: Counter[str] = Counter()
     drops: Counter[str] = Counter()
-    leak_types: Counter[str] = Counter()
-    removed: dict[str, Counter[str]] = {}
-    labels: Counter[str] = Counter()
-    sources: Counter[str] = Counter()
-    examples: list[dict[str, Any]] = []
-
     stats = StatsCounter()
     patient_raw = next(r for r in raw if r.get("resourceType") == "Patient")
     pid = patient_raw["id"]
@@ -434,11 +543,11 @@ def patient_shard(raw: list[dict[str, Any]], shared_raw: list[dict[str, Any]], s
     by_type: dict[str, list[Any]] = {}
     for m in models:
         by_type.setdefault(m.get_resource_type(), []).append(m)
+    pseudonym = state.deid.pseudonym("Patient", pid)
     try:
         base = record_from_resources(models, pid, None)  # full history, identity with every display
     except RecordError:
-        return {"pseudonym": deid.pseudonym("Patient", pid), "examples": [], "stats": {"dropped": {"invalid_patient": 1}}}
-    pseudonym = deid.pseudonym("Patient", pid)
+        return {"pseudonym": pseudonym, "examples": [], "stats": {"dropped": {"invalid_patient": 1}}}
     clinical: set[str] = set()
     people: set[str] = set()
     _clinical_displays(wanted, clinical, people)
@@ -446,12 +555,6 @@ def patient_shard(raw: list[dict[str, Any]], shared_raw: list[dict[str, Any]], s
         base.identity, other_names=tuple(n for n in base.identity.other_names if n not in clinical - people)
     )
     base = dataclasses.replace(base, identity=identity)
-
-    # Structured identifiers removed once per patient (the identity alone).
-    identity_only = deid.record(dataclasses.replace(base, conditions=(), vitals={}, allergies=(), medications=(),
-                                                    encounter=None, notes=()))
-    base_removed = Counter(identity_only.removed)
-    removed["Patient"] = Counter({k: v for k, v in base_removed.items()})
 
     # Raw facts the entries do not carry: condition encounter and abatement, allergy dates.
     cond_info: dict[tuple[Any, ...], tuple[str | None, datetime | None]] = {}
@@ -482,7 +585,10 @@ def patient_shard(raw: list[dict[str, Any]], shared_raw: list[dict[str, Any]], s
             obs_by_enc.setdefault(eid, []).append(m)
     patient_model = by_type["Patient"][0]
     enc_models = {m.id: m for m in by_type.get("Encounter", ())}
+    cond_keys = [(tuple((x.system, x.code) for x in c.codings), c.onset, c.recorded) for c in base.conditions]
+    allergy_seen = [allergy_dates.get(tuple((x.system, x.code) for x in a.codings)) for a in base.allergies]
 
+    visits: list[_Visit] = []
     for ordinal, enc in enumerate(encounters):
         eid = enc["id"]
         start = to_datetime((enc.get("period") or {}).get("start"))
@@ -494,10 +600,9 @@ def patient_shard(raw: list[dict[str, Any]], shared_raw: list[dict[str, Any]], s
             continue
         # The encounter's diagnoses (target) and the history before it (input).
         diagnoses: list[str] = []
-        history = []
-        for c in base.conditions:
-            key = (tuple((x.system, x.code) for x in c.codings), c.onset, c.recorded)
-            enc_ref, abated = cond_info.get(key, (None, None))
+        history: list[tuple[int, str]] = []
+        for i, c in enumerate(base.conditions):
+            enc_ref, abated = cond_info.get(cond_keys[i], (None, None))
             if enc_ref == eid:
                 if c.verification_status not in ("refuted", "entered-in-error"):
                     name = next((x.display for x in c.codings if x.display), None) or c.text
@@ -507,13 +612,9 @@ def patient_shard(raw: list[dict[str, Any]], shared_raw: list[dict[str, Any]], s
             when = c.onset or c.recorded
             if when is None or when >= start:
                 continue
-            status = "resolved" if abated is not None and abated <= start else "active"
-            history.append(dataclasses.replace(c, clinical_status=status))
-        meds = tuple(m for m in base.medications if m.authored is None or m.authored < start)
-        allergies = tuple(
-            a for a in base.allergies
-            if (d := allergy_dates.get(tuple((x.system, x.code) for x in a.codings))) is None or d <= start
-        )
+            history.append((i, "resolved" if abated is not None and abated <= start else "active"))
+        meds = [i for i, m in enumerate(base.medications) if m.authored is None or m.authored < start]
+        allergies = [i for i, d in enumerate(allergy_seen) if d is None or d <= start]
         note = "\n\n".join(notes_by_enc.get(eid, []))
         sections = note_sections(note) if note else {}
         presenting = "\n\n".join(
@@ -522,42 +623,133 @@ def patient_shard(raw: list[dict[str, Any]], shared_raw: list[dict[str, Any]], s
             if sections.get(key)
         )
         ap = sections.get("assessment and plan", "")
-        reasons_present = bool(enc.get("reasonCode"))
-        if not diagnoses and not reasons_present:
+        if not diagnoses and not enc.get("reasonCode"):
             drops["no_diagnosis"] += 1
             continue
         level, source = _label(enc, cfg.class_acuity)
-
         try:
             visit = record_from_resources([patient_model, enc_models[eid], *obs_by_enc.get(eid, ())], pid, start,
                                           encounter_id=eid, history_only=True)
         except RecordError:
             drops["invalid_encounter"] += 1
             continue
-        texts = [t for t in (presenting, ap) if t.strip()]
+        keys = tuple(k for k, t in (("presenting", presenting), ("ap", ap)) if t.strip())
         record = dataclasses.replace(
-            visit, identity=base.identity, conditions=tuple(history), medications=meds, allergies=allergies,
-            notes=tuple(texts),
+            visit, identity=identity, conditions=(), medications=(), allergies=(),
+            notes=tuple(t for t in (presenting, ap) if t.strip()),
         )
+        visits.append(_Visit(ordinal, record, keys, diagnoses, history, meds, allergies, level, source))
+
+    used_c = sorted({i for v in visits for i, _ in v.history})
+    used_m = sorted({i for v in visits for i in v.medications})
+    used_a = sorted({i for v in visits for i in v.allergies})
+    history_record = dataclasses.replace(
+        base, conditions=tuple(base.conditions[i] for i in used_c), medications=tuple(base.medications[i] for i in used_m),
+        allergies=tuple(base.allergies[i] for i in used_a), vitals={}, encounter=None, notes=(),
+    )
+    return _Plan(pid, pseudonym, identity, history_record, used_c, used_m, used_a, visits, counts, drops, stats)
+
+
+def _plan_texts(plan: _Plan, state: _Worker) -> tuple[list[str], Any, int | None]:
+    """The distinct free texts the patient's examples scrub, with the known identifiers and shift."""
+    texts: list[str] = []
+    known: Any = None
+    shift: int | None = None
+    for rec in ([plan.history, *(v.record for v in plan.visits)] if plan.visits else []):
+        t, known, shift = state.memo.collect(state.deid, rec)
+        texts += t
+    return list(dict.fromkeys(texts)), known, shift
+
+
+def patient_free_texts(raw: list[dict[str, Any]], shared_raw: list[dict[str, Any]],
+                       state: _Worker) -> tuple[list[str], Any, int | None]:
+    """What `patient_shard` sends to the scrubber for this patient (the bench's bare workload)."""
+    plan = _plan(raw, shared_raw, state)
+    return ([], None, None) if isinstance(plan, dict) else _plan_texts(plan, state)
+
+
+def patient_shard(raw: list[dict[str, Any]], shared_raw: list[dict[str, Any]], state: _Worker) -> dict[str, Any]:
+    """All examples and counts of one patient (runs in a worker; returns de-identified data only).
+
+    The patient's history entries are de-identified (and leak-checked) once, each encounter's own
+    record (age, vitals, encounter, note sections) once, and every example shows slices of the two.
+    """
+    from deidentify.leaks import LeakDetected
+
+    plan = _plan(raw, shared_raw, state)
+    if isinstance(plan, dict):
+        return plan
+    cfg = state.config
+    deid = state.deid
+    drops = plan.drops
+    leak_types: Counter[str] = Counter()
+    removed: dict[str, Counter[str]] = {}
+    labels: Counter[str] = Counter()
+    sources: Counter[str] = Counter()
+    examples: list[dict[str, Any]] = []
+    pseudonym = plan.pseudonym
+
+    # Structured identifiers removed once per patient (the identity alone).
+    identity_only = deid.record(dataclasses.replace(plan.history, conditions=(), allergies=(), medications=()))
+    base_removed = Counter(identity_only.removed)
+    removed["Patient"] = Counter(base_removed)
+
+    # Every free text of the patient's examples, scrubbed in one batch.
+    state.memo.reset()
+    texts, known, shift = _plan_texts(plan, state)
+    state.memo.prime(texts, known, shift)
+
+    history = None
+    if plan.visits and SLICE_HISTORY:
+        try:
+            history = deid.record(plan.history)
+        except LeakDetected:  # an entry leaks: each example's whole record is checked instead
+            history = None
+        else:
+            hist_removed = Counter(history.removed)
+            hist_removed.subtract(base_removed)
+            if +hist_removed:
+                removed["Condition/MedicationRequest/AllergyIntolerance text"] = +hist_removed
+    cpos = {i: k for k, i in enumerate(plan.conditions)}
+    mpos = {i: k for k, i in enumerate(plan.medications)}
+    apos = {i: k for k, i in enumerate(plan.allergies)}
+
+    for v in plan.visits:
+        if history is not None:
+            record = v.record
+        else:
+            base = plan.history
+            record = dataclasses.replace(
+                v.record,
+                conditions=tuple(dataclasses.replace(base.conditions[cpos[i]], clinical_status=st) for i, st in v.history),
+                medications=tuple(base.medications[mpos[i]] for i in v.medications),
+                allergies=tuple(base.allergies[apos[i]] for i in v.allergies),
+            )
         try:
             d = deid.record(record)
         except LeakDetected as exc:
             drops["leak_in_deidentification"] += 1
             leak_types.update(exc.types)
             continue
-        if len(d.notes) != len(texts):
+        if len(d.notes) != len(record.notes):
             drops["note_lost_in_scrubbing"] += 1
             continue
         text_removed = Counter(d.removed)
         text_removed.subtract(base_removed)
-        removed.setdefault("DocumentReference/Encounter text", Counter()).update(
-            {k: v for k, v in text_removed.items() if v > 0}
-        )
-        scrubbed = dict(zip([t for t in ("presenting", "ap") if (presenting if t == "presenting" else ap).strip()], d.notes))
-        payload = d.to_payload()
-        payload["notes"] = [scrubbed["presenting"]] if "presenting" in scrubbed else []
-        shown = DeidentifiedRecord.from_payload(payload)
+        removed.setdefault("DocumentReference/Encounter text", Counter()).update(+text_removed)
+        scrubbed = dict(zip(v.note_keys, d.notes))
+        # A slice of de-identified records is still de-identified: the history entries come from
+        # `history` (scrubbed, shifted, checked), the rest from this encounter's record.
+        shown = dataclasses.replace(d, notes=(scrubbed["presenting"],) if "presenting" in scrubbed else ())
+        if history is not None:
+            shown = dataclasses.replace(
+                shown,
+                conditions=tuple(dataclasses.replace(history.conditions[cpos[i]], clinical_status=st) for i, st in v.history),
+                medications=tuple(history.medications[mpos[i]] for i in v.medications),
+                allergies=tuple(history.allergies[apos[i]] for i in v.allergies),
+            )
 
+        diagnoses = v.diagnoses
         if not diagnoses:
             diagnoses = list(shown.encounter.reasons if shown.encounter else ())
             rationale = "Documented reason for the encounter"
@@ -566,6 +758,7 @@ def patient_shard(raw: list[dict[str, Any]], shared_raw: list[dict[str, Any]], s
         if not diagnoses:
             drops["no_diagnosis"] += 1
             continue
+        level, source = v.level, v.source
         report = target_report(diagnoses, scrubbed.get("ap", ""), level, rationale)
         if report is None:
             drops["invalid_report"] += 1
@@ -578,7 +771,7 @@ def patient_shard(raw: list[dict[str, Any]], shared_raw: list[dict[str, Any]], s
             drops["prompt_failed"] += 1
             continue
         example = {
-            "id": f"{pseudonym}-e{ordinal}",
+            "id": f"{pseudonym}-e{v.ordinal}",
             "patient": pseudonym,
             "acuity": level,
             "label_source": source,
@@ -601,20 +794,22 @@ def patient_shard(raw: list[dict[str, Any]], shared_raw: list[dict[str, Any]], s
         else:
             labels[str(level)] += 1
             sources[source or ""] += 1
+    state.memo.reset()  # bounded memory: one patient's texts at a time
 
     return {
         "version": SHARD_VERSION,
         "pseudonym": pseudonym,
         "examples": examples,
         "stats": {
-            "encounters": counts["encounters"],
-            "encounters_capped": counts["encounters_capped"],
+            "encounters": plan.counts["encounters"],
+            "encounters_capped": plan.counts["encounters_capped"],
+            "free_texts_scrubbed": len(texts),
             "dropped": dict(sorted(drops.items())),
             "leak_types": dict(sorted(leak_types.items())),
             "removed": {k: dict(sorted(v.items())) for k, v in sorted(removed.items())},
             "labels": dict(sorted(labels.items())),
             "label_sources": dict(sorted(sources.items())),
-            "parse_skipped": dict(sorted(stats.freeze().skipped_by_type.items())),
+            "parse_skipped": dict(sorted(plan.stats.freeze().skipped_by_type.items())),
         },
     }
 
@@ -654,16 +849,39 @@ def target_report(diagnoses: Sequence[str], assessment_plan: str, acuity: int | 
 
 # ---- the build --------------------------------------------------------------------------------
 
-def split_of(pseudonym: str, seed: int, ratios: Sequence[float]) -> str:
-    """Deterministic split by keyed hash of the pseudonym: a patient is in exactly one split."""
+def _split_point(pseudonym: str, seed: int) -> float:
     digest = hmac.new(str(seed).encode(), pseudonym.encode(), hashlib.sha256).digest()
-    x = int.from_bytes(digest[:8], "big") / 2**64
-    acc = 0.0
-    for name, r in zip(SPLITS, ratios):
-        acc += r
-        if x < acc:
-            return name
-    return SPLITS[-1]
+    return int.from_bytes(digest[:8], "big") / 2**64
+
+
+def split_quotas(n: int, ratios: Sequence[float]) -> list[int]:
+    """Patients per split: largest remainder of ratio x n, then every split with a non-zero ratio
+    gets at least one patient when there are enough (taken from the largest split)."""
+    exact = [r * n for r in ratios]
+    quotas = [int(x) for x in exact]
+    by_remainder = sorted(range(len(SPLITS)), key=lambda i: (-(exact[i] - quotas[i]), i))
+    for i in by_remainder[: n - sum(quotas)]:
+        quotas[i] += 1
+    wanted = [i for i, r in enumerate(ratios) if r > 0]
+    if n >= len(wanted):
+        for i in wanted:
+            if quotas[i] == 0:
+                donor = max(range(len(SPLITS)), key=lambda j: (quotas[j], -j))
+                quotas[donor] -= 1
+                quotas[i] += 1
+    return quotas
+
+
+def assign_splits(pseudonyms: Iterable[str], seed: int, ratios: Sequence[float]) -> dict[str, str]:
+    """Deterministic split by patient: patients ordered by a keyed hash of pseudonym and seed, the
+    first `split_quotas` of them to train, the next to validation, the rest to test."""
+    order = sorted(set(pseudonyms), key=lambda p: (_split_point(p, seed), p))
+    out: dict[str, str] = {}
+    start = 0
+    for name, quota in zip(SPLITS, split_quotas(len(order), ratios)):
+        out.update((p, name) for p in order[start : start + quota])
+        start += quota
+    return out
 
 
 def _shard_bucket(pseudonym: str, n: int) -> int:
@@ -784,6 +1002,8 @@ def build(cfg: BuildConfig, *, echo: Callable[[str], None] | None = None) -> Bui
             if echo:
                 echo(f"skipped {b.file} line {b.line_number}: {b.reason}")
 
+    timings: dict[str, float] = {}
+    t_index = time.monotonic()
     try:
         identifiers = export_identifiers(cfg.input)
         reader = BulkReader(cfg.input, on_bad_line=on_bad, types=())
@@ -808,24 +1028,29 @@ def build(cfg: BuildConfig, *, echo: Callable[[str], None] | None = None) -> Bui
             todo_total += 1
             yield ps, p.raw, p.shared_raw
 
+    timings["index"] = time.monotonic() - t_index
     bar = _progress(len(patient_ids), "patients", cfg.progress)
+    t_patients = time.monotonic()
     try:
         with reader:
-            for ps, shard in _run(todo(), cfg, identifiers):
+            for ps, shard in _run(todo(), cfg, identifiers, timings):
                 with atomic_open(shards / f"{ps}.json") as fh:
                     json.dump(shard, fh, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
                 bar.update(1)
     finally:
         bar.close()
+    timings["patients"] = time.monotonic() - t_patients - timings.get("load", 0.0)
 
     if cfg.shard is not None:  # this machine's part only; a run without --shard merges
         manifest = {"counts": {"patients": len(pseudonyms), "built_now": todo_total}, "shard": list(cfg.shard)}
-        return BuildResult(cfg.output, manifest, time.monotonic() - t0, merged=False)
+        return BuildResult(cfg.output, manifest, time.monotonic() - t0, merged=False, timings=timings)
 
+    t_merge = time.monotonic()
     manifest, audit = merge(cfg, sorted(set(pseudonyms)), inputs, fingerprint, bad_lines, identifiers,
                             encounters_total=None)
     manifest["counts"]["built_now"] = todo_total
-    return BuildResult(cfg.output, manifest, time.monotonic() - t0, merged=True)
+    timings["merge"] = time.monotonic() - t_merge
+    return BuildResult(cfg.output, manifest, time.monotonic() - t0, merged=True, timings=timings)
 
 
 def _pseudonym_fn(key: bytes) -> Callable[[str], str]:
@@ -836,10 +1061,12 @@ def _pseudonym_fn(key: bytes) -> Callable[[str], str]:
 
 
 def _run(items: Iterator[tuple[str, list[dict[str, Any]], list[dict[str, Any]]]], cfg: BuildConfig,
-         identifiers: Any) -> Iterator[tuple[str, dict[str, Any]]]:
+         identifiers: Any, timings: dict[str, float]) -> Iterator[tuple[str, dict[str, Any]]]:
     """Shards in input order; with workers, a process pool fed through a bounded window."""
     if cfg.workers <= 1:
+        t = time.monotonic()
         _init_worker(cfg, identifiers)
+        timings["load"] = time.monotonic() - t
         assert _STATE is not None
         for ps, raw, shared in items:
             yield ps, patient_shard(raw, shared, _STATE)
@@ -888,7 +1115,10 @@ def merge(cfg: BuildConfig, pseudonyms: list[str], inputs: list[dict[str, Any]],
     removed: dict[str, Counter[str]] = {}
     encounters = capped = with_examples = 0
     parse_skipped: Counter[str] = Counter()
+    free_texts = 0
     seed = "seed" in cfg.formats
+    # Only patients with examples take a place in a split (a split of example-less patients is empty).
+    splits = assign_splits((ps for ps in pseudonyms if _read_shard(shards / f"{ps}.json")["examples"]), cfg.seed, cfg.split)
     with contextlib.ExitStack() as stack:
         chat = {s: stack.enter_context(atomic_open(out / f"{s}.jsonl")) for s in SPLITS}
         seeds = {s: stack.enter_context(atomic_open(out / "seed" / f"{s}.jsonl")) for s in SPLITS} if seed else {}
@@ -902,9 +1132,10 @@ def merge(cfg: BuildConfig, pseudonyms: list[str], inputs: list[dict[str, Any]],
             labels.update(st.get("labels", {}))
             sources.update(st.get("label_sources", {}))
             parse_skipped.update(st.get("parse_skipped", {}))
+            free_texts += st.get("free_texts_scrubbed", 0)
             for rtype, by_type in st.get("removed", {}).items():
                 removed.setdefault(rtype, Counter()).update(by_type)
-            split = split_of(ps, cfg.seed, cfg.split)
+            split = splits.get(ps, "")
             if shard["examples"]:
                 with_examples += 1
                 patients_per_split[split] += 1
@@ -936,6 +1167,7 @@ def merge(cfg: BuildConfig, pseudonyms: list[str], inputs: list[dict[str, Any]],
             "patients_per_split": {s: patients_per_split.get(s, 0) for s in SPLITS},
             "encounters": encounters,
             "encounters_over_cap": capped,
+            "free_texts_scrubbed": free_texts,
             "examples": sum(per_split.values()),
             "examples_per_split": {s: per_split.get(s, 0) for s in SPLITS},
             "labels": {

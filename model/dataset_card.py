@@ -196,8 +196,11 @@ ds = load_dataset("json", data_files={{"train": "train.jsonl", "validation": "va
 
 ## Splits
 
-Split by patient: a patient's examples all go to one split, chosen by a keyed hash of the patient
-pseudonym and the seed ({settings['seed']}), ratios {settings['split']}.
+Split by patient: a patient's examples all go to one split. Patients with examples are ordered by
+a keyed hash of their pseudonym and the seed ({settings['seed']}); the first share goes to train, the
+next to validation, the rest to test, with shares from the ratios {settings['split']} (largest
+remainder). Every split with a non-zero ratio gets at least one patient when there are at least as
+many patients as such splits, so a small export still has a test split.
 
 {_table(per_split, ("split", "examples", "patients"))}
 

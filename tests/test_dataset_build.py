@@ -1,7 +1,7 @@
 """`triage dataset build` on the 10-patient Synthea Bulk export (with clinical notes).
 
-The full export takes ~100 s on this shared 2-core machine, so the session fixture builds it once
-with `--max-encounters 20` (each patient's first 20 encounters) and every test reuses it.
+The session fixture builds the whole export once (about 15 s on this shared 2-core machine, 5 s of
+it the scrubber's start-up) and every test reuses it.
 """
 from __future__ import annotations
 
@@ -22,10 +22,10 @@ from click.testing import CliRunner
 from conftest import DATA, ROOT
 from model import dataset as ds
 from model.cli import dataset as dataset_group
-from model.dataset import BuildConfig, LeakScanner, build, scan_outputs, split_of
+from model.dataset import BuildConfig, LeakScanner, assign_splits, build, scan_outputs, split_quotas
 
 EXPORT = DATA / "fhir" / "bulk-export-synthea-10"
-CAP = 20
+CAP: int | None = None  # every encounter of every patient
 SPLIT = (0.5, 0.25, 0.25)
 
 
@@ -99,7 +99,7 @@ def test_build_succeeds_with_examples_and_card(built: ds.BuildResult) -> None:
     out = built.output
     c = built.counts
     assert c["patients"] == 13 and c["encounters"] == 1215
-    assert c["encounters_over_cap"] == 1215 - sum(min(n, CAP) for n in _encounters_per_patient().values())
+    assert c["encounters_over_cap"] == 1215 - sum(min(n, CAP or n) for n in _encounters_per_patient().values())
     assert c["examples"] > 100
     assert sum(c["examples_per_split"].values()) == c["examples"]
     assert all(n > 0 for n in c["examples_per_split"].values())
@@ -157,10 +157,12 @@ def test_no_input_identifier_in_any_output_file(built: ds.BuildResult) -> None:
 
 def test_splits_disjoint_by_patient_and_deterministic(built: ds.BuildResult) -> None:
     patients: dict[str, set[str]] = {}
-    for s in ds.SPLITS:
-        rows = [json.loads(line) for line in (built.output / f"{s}.jsonl").read_text().splitlines()]
+    rows_by_split = {s: [json.loads(line) for line in (built.output / f"{s}.jsonl").read_text().splitlines()]
+                     for s in ds.SPLITS}
+    expected = assign_splits({r["patient"] for rows in rows_by_split.values() for r in rows}, 13, SPLIT)
+    for s, rows in rows_by_split.items():
         patients[s] = {r["patient"] for r in rows}
-        assert all(split_of(p, 13, SPLIT) == s for p in patients[s])
+        assert patients[s] and all(expected[p] == s for p in patients[s])
         ids = [r["id"] for r in rows]
         assert len(ids) == len(set(ids))
     assert not patients["train"] & patients["validation"]
@@ -194,8 +196,9 @@ def test_second_build_with_workers_is_byte_identical(built: ds.BuildResult, key_
 def test_killed_build_resumes_to_the_same_files(built: ds.BuildResult, key_file: Path, tmp_path: Path) -> None:
     out = tmp_path / "killed"
     cmd = [sys.executable, "-c", "from cds_hooks.cli import main; main()", "dataset", "build", "--input", str(EXPORT),
-           "--output", str(out), "--key-file", str(key_file), "--max-encounters", str(CAP),
-           "--split", ",".join(map(str, SPLIT)), "--quiet"]
+           "--output", str(out), "--key-file", str(key_file), "--split", ",".join(map(str, SPLIT)), "--quiet"]
+    if CAP:
+        cmd += ["--max-encounters", str(CAP)]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     shards = out / ".work" / "shards"
     deadline = time.monotonic() + 120
@@ -346,3 +349,86 @@ def test_scan_outputs_reads_decoded_json(tmp_path: Path) -> None:
     p = tmp_path / "x.jsonl"
     p.write_text(json.dumps({"t": "line one\nMarine542 said"}) + "\n")  # "\nMarine542" is "\\nMarine542" raw
     assert scan_outputs([p], LeakScanner(ids)) == {"NAME": 1}
+
+
+@pytest.fixture(scope="module")
+def scrubber():
+    return ds.make_scrubber()
+
+
+def test_memo_and_history_slices_give_the_reference_examples(key_file: Path, scrubber, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The fast path (texts scrubbed once per patient, history de-identified once and sliced) gives
+    the same examples as de-identifying every example's whole record with the plain scrubber."""
+    from deidentify.leaks import IdentifierSet
+    from fhir_adapter.bulk import iter_patients
+
+    cfg = BuildConfig(input=EXPORT, output=Path("unused"), key_file=key_file, max_encounters=30, progress=False)
+    patients = list(iter_patients(EXPORT, types=()))[:5]
+    fast_state = ds.make_worker(cfg, IdentifierSet(), scrubber=scrubber)
+    fast = [ds.patient_shard(p.raw, p.shared_raw, fast_state) for p in patients]
+    planned = [ds.patient_free_texts(p.raw, p.shared_raw, fast_state)[0] for p in patients]
+    assert fast_state.memo.misses == 0  # everything scrubbed was planned: the bench's bare workload is exact
+    assert fast_state.memo.texts == sum(map(len, planned)) == sum(s["stats"]["free_texts_scrubbed"] for s in fast)
+
+    class Plain:  # no memo: every call scrubs every text it is given
+        def __init__(self) -> None:
+            self.texts = 0
+
+        def scrub_many(self, texts, **kw):
+            self.texts += len(texts)
+            return scrubber.scrub_many(texts, **kw)
+
+    plain = Plain()
+    ref_state = ds.make_worker(cfg, IdentifierSet(), scrubber=plain)
+    ref_state.deid.scrubber = plain
+    ref_state.memo = _NoMemo(plain)  # type: ignore[assignment]
+    monkeypatch.setattr(ds, "SLICE_HISTORY", False)
+    reference = [ds.patient_shard(p.raw, p.shared_raw, ref_state) for p in patients]
+    assert sum(len(s["examples"]) for s in fast) > 20
+    for a, b in zip(fast, reference):
+        assert a["examples"] == b["examples"]
+        assert a["stats"]["dropped"] == b["stats"]["dropped"]
+    assert plain.texts > fast_state.memo.texts  # the reference path re-scrubs the shared texts
+
+
+class _NoMemo:
+    """`MemoScrubber`'s planning interface over a plain scrubber (collect works, prime does nothing)."""
+
+    def __init__(self, inner) -> None:
+        self._m = ds.MemoScrubber(inner)
+
+    def collect(self, deid, record):
+        real, deid.scrubber = deid.scrubber, self._m
+        try:
+            return self._m.collect(deid, record)
+        finally:
+            deid.scrubber = real
+
+    def prime(self, *a) -> None:
+        pass
+
+    def reset(self) -> None:
+        pass
+
+
+def test_split_quotas_give_every_nonzero_split_a_patient() -> None:
+    for ratios in [(0.8, 0.1, 0.1), (0.5, 0.25, 0.25), (0.9, 0.1, 0.0), (1.0, 0.0, 0.0), (0.34, 0.33, 0.33)]:
+        wanted = [i for i, r in enumerate(ratios) if r > 0]
+        for n in range(40):
+            q = split_quotas(n, ratios)
+            assert sum(q) == n and min(q) >= 0
+            assert all(q[i] == 0 for i, r in enumerate(ratios) if r == 0)
+            if n >= len(wanted):
+                assert all(q[i] >= 1 for i in wanted), (n, ratios, q)
+            if all(ratios[i] * n >= 1 for i in wanted):
+                assert all(abs(q[i] - ratios[i] * n) < 1 for i in range(3)), (n, ratios, q)
+
+
+def test_assign_splits_small_export_has_a_test_split() -> None:
+    patients = [f"p{i:02d}" for i in range(13)]
+    a = assign_splits(patients, 13, (0.8, 0.1, 0.1))
+    assert a == assign_splits(list(reversed(patients)), 13, (0.8, 0.1, 0.1))  # order-free, deterministic
+    assert sorted(a) == patients and set(a.values()) == set(ds.SPLITS)
+    assert sum(v == "train" for v in a.values()) == 11
+    others = [assign_splits(patients, seed, (0.8, 0.1, 0.1)) for seed in range(1, 6)]
+    assert any(o != a for o in others)  # the seed decides who goes where
