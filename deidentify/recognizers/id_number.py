@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from presidio_analyzer import Pattern
 
-from deidentify.recognizers.base import ID_VALUE, LABEL_SEP, ClinicalPatternRecognizer
+from deidentify.recognizers.base import ID_VALUE, LABEL_SEP_FWD, ClinicalPatternRecognizer
 
 LABEL = (
     r"(?:id|identifier|license|licence|certificate|cert|ref|reference|serial|device|badge|employee"
@@ -18,7 +18,7 @@ LABEL = (
 class IdNumberRecognizer(ClinicalPatternRecognizer):
     ENTITY = "ID"
     PATTERNS = [
-        Pattern("Id (labelled)", rf"(?<=\b{LABEL}[ \t]*(?:number|no\.?|num|id|#)?{LABEL_SEP}){ID_VALUE}", 0.85),
+        Pattern("Id (labelled)", rf"\b{LABEL}[ \t]*(?:number|no\.?|num|id|#)??{LABEL_SEP_FWD}(?P<v>{ID_VALUE})", 0.85),
         # AB-123456, #XY-654321, RX-87654321, LA15234
         Pattern("Id (letter prefix)", r"(?<![\w.-])#?[A-Z]{1,5}-?\d{4,}[A-Z]{0,3}(?![\w-])", 0.6),
         # 87342GH, 12345-JHU, 12345A

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from presidio_analyzer import Pattern
 
-from deidentify.recognizers.base import ID_VALUE, LABEL_SEP, ClinicalPatternRecognizer
+from deidentify.recognizers.base import ID_VALUE, LABEL_SEP_FWD, ClinicalPatternRecognizer
 
 LABEL = (
     r"(?:MRN|MR|medical[ \t]+record(?:[ \t]+(?:number|no\.?|num|#))?|med(?:ical)?[ \t]*rec(?:ord)?"
@@ -14,5 +14,5 @@ LABEL = (
 
 class MedicalRecordNumberRecognizer(ClinicalPatternRecognizer):
     ENTITY = "MEDICAL_RECORD_NUMBER"
-    PATTERNS = [Pattern("MRN (labelled)", rf"(?<=\b{LABEL}{LABEL_SEP}){ID_VALUE}", 0.9)]
+    PATTERNS = [Pattern("MRN (labelled)", rf"\b{LABEL}{LABEL_SEP_FWD}(?P<v>{ID_VALUE})", 0.9)]
     CONTEXT = ["mrn", "medical record", "chart", "patient id"]
