@@ -67,6 +67,7 @@ class Runtime:
             from deidentify.text import TextScrubber
 
             scrubber = TextScrubber(build_analyzer(cfg.get("TRIAGE_SPACY_MODEL") or "en_core_web_sm"))
+            scrubber.scrub("Warm-up: seen by Dr. Smith on 3/4/2020.")  # first call builds lazy state
             # Feedback comments are clinician free text: stored only after this scrubber ran.
             app.extensions["triage_scrub_text"] = lambda text: scrubber.scrub(text).text
         return cls(

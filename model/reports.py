@@ -5,7 +5,7 @@
 
 1. cache hit -> "ready" at once;
 2. else the job is submitted (Celery when `TRIAGE_BROKER_URL` is set, else the embedded pool, a
-   thread running the same `model.tasks.run_batch`) unless the same input is already in flight,
+   local child process running the same `model.tasks.run_batch`) unless the same input is already in flight,
    and the caller waits up to the deadline: "ready", else "pending" (the job keeps running and
    fills the cache for the next view);
 3. the broker is down or refuses -> "unavailable" within the deadline (a circuit breaker then
@@ -29,7 +29,7 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
-from model.cache import ReportCache, cache_key, make_cache
+from model.cache import INVALID_TTL_S, ReportCache, cache_key, make_cache
 from model.settings import InferenceSettings, inference_settings
 
 if TYPE_CHECKING:
@@ -119,9 +119,9 @@ class EmbeddedPool:
             self.load_error = None
         return self.engine
 
-    def _loop(self) -> None:
-        from model.tasks import run_batch
-
+    def _batches(self) -> Iterator[list[Any]]:
+        """Items from the queue grouped into batches: up to `max_size` arriving within
+        `max_wait_s` of the first. Ends at a None item."""
         q = self._queue
         while True:
             item = q.get()
@@ -139,6 +139,12 @@ class EmbeddedPool:
                     q.put(None)
                     break
                 batch.append(nxt)
+            yield batch
+
+    def _loop(self) -> None:
+        from model.tasks import run_batch
+
+        for batch in self._batches():
             try:
                 engine = self._engine()
             except RuntimeError as exc:
@@ -149,6 +155,142 @@ class EmbeddedPool:
             results = run_batch([p for p, _ in batch], engine, self.cache)
             for (_, future), result in zip(batch, results):
                 future.set_result(result)
+
+
+class EmbeddedProcessPool:
+    """The embedded worker in a child process: the same batching loop over `run_batch`.
+
+    This is the default embedded mode. A thread in the API process would share its GIL with
+    generation (and with `import torch`, which holds it for seconds): measured, hook calls then
+    took 0.4-3.7 s instead of ~30 ms. The child owns torch; the API process never imports it.
+    Results come back on a queue, resolve the caller's future and fill this process's cache.
+    """
+
+    def __init__(self, engine_config: EngineConfig, cache: ReportCache, *, max_size: int, max_wait_s: float,
+                 torch_threads: int = 1) -> None:
+        self.engine_config = engine_config
+        self.cache = cache
+        self.max_size = max_size
+        self.max_wait_s = max_wait_s
+        self.torch_threads = torch_threads
+        self._lock = threading.Lock()
+        self._pid = 0
+        self._process: Any = None
+        self._requests: Any = None
+        self._futures: dict[str, Future[dict[str, Any]]] = {}
+
+    def _ensure_process(self) -> None:
+        with self._lock:
+            # Per API process (gunicorn forks after the app is built) and restarted if it died.
+            if self._process is not None and self._pid == os.getpid() and self._process.is_alive():
+                return
+            self._fail_all("embedded worker process stopped")
+            import multiprocessing
+
+            ctx = multiprocessing.get_context("spawn")  # never fork a process that holds threads
+            self._requests, results = ctx.Queue(), ctx.Queue()
+            self._process = ctx.Process(
+                target=_embedded_child,
+                args=(self.engine_config, self.max_size, self.max_wait_s, self.torch_threads,
+                      self._requests, results),
+                name="triage-embedded-worker", daemon=True)
+            self._process.start()
+            self._pid = os.getpid()
+            threading.Thread(target=self._read, args=(results,), name="triage-embedded-results",
+                             daemon=True).start()
+
+    def submit(self, payload: dict[str, Any]) -> Future[dict[str, Any]]:
+        self._ensure_process()
+        request_id = uuid.uuid4().hex
+        future: Future[dict[str, Any]] = Future()
+        with self._lock:
+            self._futures[request_id] = future
+        self._requests.put((request_id, payload))
+        return future
+
+    def close(self) -> None:
+        with self._lock:
+            process, self._process = self._process, None
+            self._fail_all("embedded worker closed")
+        if process is not None and process.is_alive():
+            self._requests.put(None)
+            process.join(timeout=5)
+            if process.is_alive():
+                process.terminate()
+
+    def _fail_all(self, why: str) -> None:
+        for future in self._futures.values():
+            if not future.done():
+                future.set_exception(RuntimeError(why))
+        self._futures.clear()
+
+    def _read(self, results: Any) -> None:
+        from model.tasks import STATUS_INVALID, STATUS_OK
+
+        while True:
+            try:
+                item = results.get()
+            except (EOFError, OSError):
+                return
+            if item is None:
+                return
+            request_id, value = item
+            with self._lock:
+                future = self._futures.pop(request_id, None)
+            if isinstance(value, str):  # the child could not load the model
+                if future is not None and not future.done():
+                    future.set_exception(RuntimeError(value))
+                continue
+            key = value.get("key")
+            if key and value.get("status") in (STATUS_OK, STATUS_INVALID):
+                try:
+                    self.cache.put(key, value, INVALID_TTL_S if value["status"] == STATUS_INVALID else None)
+                except Exception as exc:  # noqa: BLE001 - the caller still gets the report
+                    log.warning("report cache write failed: %s", type(exc).__name__)
+            if future is not None and not future.done():
+                future.set_result(value)
+
+
+def _embedded_child(engine_config: EngineConfig, max_size: int, max_wait_s: float, torch_threads: int,
+                    requests: Any, results: Any) -> None:
+    """Main of the embedded worker process: load the engine once, then batch and generate."""
+    import torch
+
+    from model.cache import MemoryReportCache
+
+    torch.set_num_threads(max(1, torch_threads))  # leave the other cores to the API's hook threads
+    pool = EmbeddedPool(engine_config, MemoryReportCache(), max_size=max_size, max_wait_s=max_wait_s)
+    load_error = None
+    try:
+        pool._engine()
+    except RuntimeError as exc:
+        load_error = str(exc)
+    pool._queue = _ForwardingQueue(requests)
+    for batch in pool._batches():
+        if load_error is not None:
+            for request_id, _ in batch:
+                results.put((request_id, load_error))
+            continue
+        from model.tasks import run_batch
+
+        for (request_id, _), value in zip(batch, run_batch([p for _, p in batch], pool.engine, pool.cache)):
+            results.put((request_id, value))
+
+
+class _ForwardingQueue:
+    """A multiprocessing queue seen through the `queue.Queue` calls the batching loop makes."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+
+    def get(self, timeout: float | None = None) -> Any:
+        return self.inner.get(timeout=timeout)
+
+    def get_nowait(self) -> Any:
+        return self.inner.get_nowait()
+
+    def put(self, item: Any) -> None:
+        self.inner.put(item)
 
 
 class ReportService:
@@ -178,7 +320,7 @@ class ReportService:
         )
         self.cache: ReportCache | None = None
         self._celery = celery
-        self._pool: EmbeddedPool | None = None
+        self._pool: EmbeddedPool | EmbeddedProcessPool | None = None
         self._executor: ThreadPoolExecutor | None = None
         self._down_until = 0.0
         self._versions: tuple[str, str] | None = None
@@ -201,7 +343,8 @@ class ReportService:
                 self._celery = make_celery(settings.broker_url, settings.backend_url,
                                            environ=_settings_environ(settings))
         else:
-            self._pool = EmbeddedPool(
+            pool_class = EmbeddedProcessPool if settings.embedded_process else EmbeddedPool
+            self._pool = pool_class(
                 self.engine_config, self.cache, max_size=settings.batch_max_size,
                 max_wait_s=settings.batch_max_wait_ms / 1000,
             )

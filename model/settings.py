@@ -30,6 +30,15 @@ def _non_negative_int(raw: str) -> int:
     return value
 
 
+def _bool(raw: str) -> bool:
+    value = str(raw).strip().lower()
+    if value in {"1", "true", "yes", "on"}:
+        return True
+    if value in {"0", "false", "no", "off"}:
+        return False
+    raise ValueError("expected 1/0, true/false, yes/no or on/off")
+
+
 def _positive_float(raw: str) -> float:
     value = float(str(raw).strip())
     if not value > 0:
@@ -80,6 +89,9 @@ INFERENCE_SETTINGS: tuple[InferenceSetting, ...] = (
     InferenceSetting("TRIAGE_BROKER_RETRY_S", 5.0, _positive_float,
                      "After a failed publish the API skips the broker for this many seconds "
                      "(reports 'unavailable' at once instead of trying on every hook call)."),
+    InferenceSetting("TRIAGE_EMBEDDED_PROCESS", True, _bool,
+                     "Embedded mode (no broker): 1 runs the worker loop in a child process that owns "
+                     "torch, so generation never holds the API's GIL; 0 runs it on a thread (tests)."),
     InferenceSetting("TRIAGE_HOOK_RESERVE_MS", 40, _non_negative_int,
                      "Part of TRIAGE_HOOK_DEADLINE_MS kept for building, logging and sending the "
                      "cards after the wait for the AI report."),
@@ -106,6 +118,7 @@ class InferenceSettings:
     broker_connect_timeout_s: float = 0.25
     broker_retry_s: float = 5.0
     hook_reserve_ms: int = 40
+    embedded_process: bool = True
     model_path: str | None = None
     adapter_path: str | None = None
 
@@ -146,6 +159,7 @@ _FIELDS = {
     "TRIAGE_BROKER_CONNECT_TIMEOUT_S": "broker_connect_timeout_s",
     "TRIAGE_BROKER_RETRY_S": "broker_retry_s",
     "TRIAGE_HOOK_RESERVE_MS": "hook_reserve_ms",
+    "TRIAGE_EMBEDDED_PROCESS": "embedded_process",
     "TRIAGE_MODEL_PATH": "model_path",
     "TRIAGE_ADAPTER_PATH": "adapter_path",
 }

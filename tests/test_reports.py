@@ -235,3 +235,20 @@ def test_hung_broker_never_holds_the_hook_past_its_deadline(tmp_path, tiny_model
         assert len(response.get_json()["cards"]) == 1
         assert elapsed_ms < 450 + 50
     app.extensions["triage_runtime"].reports.close()
+
+
+def test_embedded_worker_runs_in_a_child_process_and_fills_this_process_cache(embedded_app):
+    """Generation must not share the API process's GIL: the engine lives in a spawned child."""
+    import os
+
+    from model.reports import EmbeddedProcessPool
+
+    reports = embedded_app.extensions["triage_runtime"].reports
+    body = patient_view(bundle(2))
+    response, _ = timed_post(embedded_app.test_client(), body)
+    assert response.status_code == 200
+    pool = reports._pool
+    assert isinstance(pool, EmbeddedProcessPool)
+    assert pool._process.is_alive() and pool._process.pid != os.getpid()
+    assert not hasattr(pool, "engine")  # no engine object on the API side
+    assert wait_for_cache(embedded_app, body)["model_version"]  # the child's result came back here
