@@ -7,118 +7,81 @@ from `SETTINGS`.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping
 from typing import Any
+
+from model.settings import (
+    INFERENCE_SETTINGS,
+    InferenceSetting,
+    parse_bool,
+    parse_non_negative_float,
+    parse_positive_float,
+    parse_positive_int,
+    parse_str,
+)
 
 
 class SettingsError(ValueError):
     """A `TRIAGE_*` variable holds a value that cannot be parsed (message names the variable only)."""
 
 
-def _bool(raw: str) -> bool:
-    value = raw.strip().lower()
-    if value in {"1", "true", "yes", "on"}:
-        return True
-    if value in {"", "0", "false", "no", "off"}:
-        return False
-    raise ValueError("expected 1/0, true/false, yes/no or on/off")
-
-
-def _positive_int(raw: str) -> int:
-    value = int(raw.strip())
-    if value <= 0:
-        raise ValueError("must be a positive integer")
-    return value
-
-
-def _positive_float(raw: str) -> float:
-    value = float(raw.strip())
-    if not value > 0:
-        raise ValueError("must be a positive number")
-    return value
-
-
-def _non_negative_float(raw: str) -> float:
-    value = float(raw.strip())
-    if not value >= 0:
-        raise ValueError("must be a number >= 0")
-    return value
-
-
-def _str(raw: str) -> str | None:
-    return raw.strip() or None
-
-
-@dataclass(frozen=True)
-class Setting:
-    name: str  # the environment variable and the app.config key
-    default: Any
-    parse: Callable[[str], Any]
-    help: str
-
+Setting = InferenceSetting  # name (env var and app.config key), default, parse, help
 
 MIB = 1024 * 1024
 
 SETTINGS: tuple[Setting, ...] = (
-    Setting("TRIAGE_DATABASE_URL", None, _str,
+    Setting("TRIAGE_DATABASE_URL", None, parse_str,
             "SQLAlchemy URL of the card/feedback store. Default: a SQLite file `triage.sqlite` in the "
             "app's instance folder. PostgreSQL: postgresql+psycopg://user@host/db."),
-    Setting("TRIAGE_INSECURE_NO_AUTH", False, _bool,
+    Setting("TRIAGE_INSECURE_NO_AUTH", False, parse_bool,
             "1 turns off the CDS Hooks client JWT check (development only; logs a warning)."),
-    Setting("TRIAGE_CLIENTS_FILE", None, _str,
+    Setting("TRIAGE_CLIENTS_FILE", None, parse_str,
             "JSON or YAML file listing trusted CDS clients: `iss` plus `jwks_url` or inline `jwks`."),
-    Setting("TRIAGE_PUBLIC_BASE_URL", None, _str,
+    Setting("TRIAGE_PUBLIC_BASE_URL", None, parse_str,
             "Public base URL (scheme://host[:port][/prefix]) used to build the exact JWT `aud`; "
             "default: the URL the request arrived on."),
-    Setting("TRIAGE_JTI_REDIS_URL", None, _str,
+    Setting("TRIAGE_JTI_REDIS_URL", None, parse_str,
             "Redis URL of the shared JWT `jti` replay store; default: in-process memory."),
-    Setting("TRIAGE_JWT_LEEWAY_S", 30.0, _non_negative_float,
+    Setting("TRIAGE_JWT_LEEWAY_S", 30.0, parse_non_negative_float,
             "Clock leeway in seconds when checking JWT `exp`/`iat`/`nbf`."),
-    Setting("TRIAGE_JWKS_MIN_REFRESH_S", 30.0, _non_negative_float,
+    Setting("TRIAGE_JWKS_MIN_REFRESH_S", 30.0, parse_non_negative_float,
             "Least seconds between two fetches of a client's `jwks_url` (refresh on unknown `kid`)."),
-    Setting("TRIAGE_JWKS_CACHE_S", 3600.0, _non_negative_float,
+    Setting("TRIAGE_JWKS_CACHE_S", 3600.0, parse_non_negative_float,
             "Seconds a fetched JWK Set is cached."),
-    Setting("TRIAGE_MAX_BODY_BYTES", 5 * MIB, _positive_int,
+    Setting("TRIAGE_MAX_BODY_BYTES", 5 * MIB, parse_positive_int,
             "Largest accepted request body in bytes (larger: 413). Default 5 MiB."),
-    Setting("TRIAGE_FHIR_TIMEOUT_S", 3.0, _positive_float,
+    Setting("TRIAGE_FHIR_TIMEOUT_S", 3.0, parse_positive_float,
             "Timeout in seconds of each call to the EHR's FHIR server (connect and read)."),
-    Setting("TRIAGE_STALE_VITALS_HOURS", 24.0, _positive_float,
+    Setting("TRIAGE_STALE_VITALS_HOURS", 24.0, parse_positive_float,
             "Vital signs older than this many hours are flagged stale on the card."),
-    Setting("TRIAGE_PSEUDONYM_KEY_FILE", None, _str,
+    Setting("TRIAGE_PSEUDONYM_KEY_FILE", None, parse_str,
             "File holding the secret pseudonym (HMAC) key. Default: the service makes one in its "
             "instance folder and keeps it (with a warning: demo only)."),
-    Setting("TRIAGE_SCRUB_FREE_TEXT", True, _bool,
+    Setting("TRIAGE_SCRUB_FREE_TEXT", True, parse_bool,
             "1 scrubs free text (condition/observation notes, code.text, clinical notes) with Presidio "
             "and the clinical recognizers before it leaves the API process; 0 drops all free text."),
-    Setting("TRIAGE_SPACY_MODEL", "en_core_web_sm", _str,
+    Setting("TRIAGE_SPACY_MODEL", "en_core_web_sm", parse_str,
             "spaCy model behind Presidio's NER (installed package name). Production deployments name "
             "a larger one, e.g. en_core_web_lg."),
-    Setting("TRIAGE_HOOK_DEADLINE_MS", 450, _positive_int,
+    Setting("TRIAGE_HOOK_DEADLINE_MS", 450, parse_positive_int,
             "Deadline of one hook call in milliseconds; the rules card is always returned within it."),
-    Setting("TRIAGE_BROKER_URL", None, _str,
+    Setting("TRIAGE_BROKER_URL", None, parse_str,
             "Celery broker (Redis URL) of the AI report queue. Unset: reports run in-process "
             "(embedded worker thread, no Redis needed)."),
-    Setting("TRIAGE_MODEL_PATH", None, _str,
+    Setting("TRIAGE_MODEL_PATH", None, parse_str,
             "Local directory of the base model (bf16 gpt-oss-20b, or the tiny model). Unset: "
             "rules-only service, said so in discovery and on the rules card."),
-    Setting("TRIAGE_ADAPTER_PATH", None, _str,
+    Setting("TRIAGE_ADAPTER_PATH", None, parse_str,
             "Local directory of the PEFT LoRA adapter the workers load (optional)."),
-    Setting("TRIAGE_CORS_ORIGINS", "*", _str,
+    Setting("TRIAGE_CORS_ORIGINS", "*", parse_str,
             "Comma-separated origins allowed by CORS (browser clients such as the CDS Hooks sandbox)."),
-    Setting("TRIAGE_INSTANCE_DIR", None, _str,
+    Setting("TRIAGE_INSTANCE_DIR", None, parse_str,
             "Instance folder (default SQLite file, demo pseudonym key). Default: Flask's instance "
             "folder of the package."),
-    Setting("TRIAGE_LOG_LEVEL", "INFO", _str, "Log level of the service (DEBUG, INFO, WARNING...)."),
+    Setting("TRIAGE_LOG_LEVEL", "INFO", parse_str, "Log level of the service (DEBUG, INFO, WARNING...)."),
 )
 
-def _inference_settings() -> tuple[Setting, ...]:
-    from model.settings import INFERENCE_SETTINGS
-
-    return tuple(Setting(s.name, s.default, s.parse, s.help) for s in INFERENCE_SETTINGS)
-
-
-SETTINGS += _inference_settings()  # queue, batching, cache: read by model.reports as well
+SETTINGS += INFERENCE_SETTINGS  # queue, batching, cache: read by model.reports as well
 
 _BY_NAME = {s.name: s for s in SETTINGS}
 

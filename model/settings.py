@@ -13,7 +13,7 @@ from typing import Any
 
 
 def _str(raw: str) -> str | None:
-    return raw.strip() or None
+    return str(raw).strip() or None
 
 
 def _positive_int(raw: str) -> int:
@@ -44,6 +44,19 @@ def _positive_float(raw: str) -> float:
     if not value > 0:
         raise ValueError("must be a positive number")
     return value
+
+
+def _non_negative_float(raw: str) -> float:
+    value = float(str(raw).strip())
+    if not value >= 0:
+        raise ValueError("must be a number >= 0")
+    return value
+
+
+# Shared with cds_hooks.config: every TRIAGE_* value is parsed by one of these.
+parse_str, parse_bool = _str, _bool
+parse_positive_int, parse_non_negative_int = _positive_int, _non_negative_int
+parse_positive_float, parse_non_negative_float = _positive_float, _non_negative_float
 
 
 @dataclass(frozen=True)
