@@ -711,6 +711,8 @@ def patient_shard(raw: list[dict[str, Any]], shared_raw: list[dict[str, Any]], s
             if +hist_removed:
                 removed["Condition/MedicationRequest/AllergyIntolerance text"] = +hist_removed
     cpos = {i: k for k, i in enumerate(plan.conditions)}
+    # Each history condition as shown: once per clinical status, not once per example.
+    shown_cond: dict[tuple[int, str], Any] = {}
     mpos = {i: k for k, i in enumerate(plan.medications)}
     apos = {i: k for k, i in enumerate(plan.allergies)}
 
@@ -744,7 +746,11 @@ def patient_shard(raw: list[dict[str, Any]], shared_raw: list[dict[str, Any]], s
         if history is not None:
             shown = dataclasses.replace(
                 shown,
-                conditions=tuple(dataclasses.replace(history.conditions[cpos[i]], clinical_status=st) for i, st in v.history),
+                conditions=tuple(
+                    shown_cond.get((i, st)) or shown_cond.setdefault(
+                        (i, st), dataclasses.replace(history.conditions[cpos[i]], clinical_status=st))
+                    for i, st in v.history
+                ),
                 medications=tuple(history.medications[mpos[i]] for i in v.medications),
                 allergies=tuple(history.allergies[apos[i]] for i in v.allergies),
             )
