@@ -8,6 +8,8 @@ whole payload is searched for the record's own identifiers: any hit raises `Leak
 """
 from __future__ import annotations
 
+import functools
+
 import re
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
@@ -62,13 +64,18 @@ def patient_key(identity: Identity) -> str:
     )
 
 
+@functools.lru_cache(maxsize=32)
 def known_identifiers(identity: Identity) -> Any:
-    """The text side's `KnownIdentifiers` for this identity, or None before it lands."""
-    try:
-        from .known import KnownIdentifiers
-    except ImportError:
-        return None
+    """The text side's `KnownIdentifiers` for this identity (cached: a dataset build
+    de-identifies one patient's record once per encounter)."""
+    from .known import KnownIdentifiers
+
     return KnownIdentifiers.from_identity(identity)
+
+
+@functools.lru_cache(maxsize=32)
+def _leak_terms(identity: Identity) -> IdentifierSet:
+    return IdentifierSet.from_identity(identity)  # shared: only read below
 
 
 def span_types(result: Any) -> Iterable[str]:
@@ -263,6 +270,6 @@ def check_record(record: DeidentifiedRecord, identity: Identity) -> None:
     """Fail closed: raise `LeakDetected` if any of the identity's identifiers is in the payload."""
     payload = record.to_payload()
     payload.pop("removed", None)  # counts by type name only
-    hits = find_leaks(payload_text(payload), IdentifierSet.from_identity(identity))
+    hits = find_leaks(payload_text(payload), _leak_terms(identity))
     if hits:
         raise LeakDetected(hits)
