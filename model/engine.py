@@ -18,7 +18,7 @@ import json
 import os
 import threading
 import time
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -32,6 +32,7 @@ EFFORTS = ("low", "medium", "high")
 ASSISTANT_START = "<|start|>assistant"
 ANALYSIS_HEADER = "<|channel|>analysis<|message|>"
 FINAL_HEADER = "<|start|>assistant<|channel|>final<|message|>"
+PREFIX_CACHE_SIZE = 4  # shared prompt prefixes (system + developer messages) kept prefilled
 
 
 class EngineConfigError(ValueError):
@@ -145,6 +146,8 @@ class Engine:
         self.counters: Counter[str] = Counter()
         self.last_stats: dict[str, Any] = {}
         self._lock = threading.Lock()
+        self._prefixes: OrderedDict[tuple[int, ...], Any] = OrderedDict()
+        self.prefill_by_row = True  # False: one padded prefill inside generate (the reference path)
         self._ids = {t: tokenizer.convert_tokens_to_ids(t) for t in (
             "<|start|>", "<|end|>", "<|message|>", "<|channel|>", "<|constrain|>", "<|return|>", "<|call|>",
             "<|endoftext|>", "<|startoftext|>",
@@ -195,6 +198,8 @@ class Engine:
                 model_dir, dtype=dtype, device_map={"": device}, local_files_only=True  # straight onto the GPU
             )
 
+        if device == "cpu":
+            use_sink_attention(model)
         adapter_version = "none"
         if config.adapter_path:
             from peft import PeftModel
@@ -234,6 +239,9 @@ class Engine:
             tail = tok(ASSISTANT_START, add_special_tokens=False)["input_ids"]
             bases.append(ids[: -len(tail)] if ids[-len(tail):] == tail else ids)
         assistant = tok(ASSISTANT_START, add_special_tokens=False)["input_ids"]
+        # Shared prefix: everything before the last message's <|start|> (system + developer).
+        start = self._ids["<|start|>"]
+        prefixes = [max((k for k, t in enumerate(b) if t == start), default=0) for b in bases]
 
         analysis_ids: list[list[int]] = [[] for _ in prompts]
         if cfg.max_new_tokens_analysis > 0:
@@ -241,7 +249,8 @@ class Engine:
             stops = [self._ids[t] for t in ("<|end|>", "<|return|>", "<|call|>", "<|endoftext|>")]
             suppress = [self._ids[t] for t in ("<|start|>", "<|message|>", "<|channel|>", "<|constrain|>", "<|startoftext|>")]
             suppress += [self.pad_id]
-            new = self._run([b + header for b in bases], cfg.max_new_tokens_analysis, eos=stops, suppress_tokens=suppress)
+            new = self._run([b + header for b in bases], cfg.max_new_tokens_analysis, eos=stops, prefixes=prefixes,
+                            suppress_tokens=suppress)
             for i, row in enumerate(new.tolist()):
                 cut = next((k for k, t in enumerate(row) if t in stops or t == self.pad_id), len(row))
                 analysis_ids[i] = row[:cut]
@@ -252,7 +261,8 @@ class Engine:
         final_header = tok(FINAL_HEADER, add_special_tokens=False)["input_ids"]
         processor = self.grammar.logits_processor(cfg.max_new_tokens_final, closing_reserve=min(cfg.final_closing_reserve, cfg.max_new_tokens_final))
         stop = self._ids["<|return|>"]
-        new = self._run([c + final_header for c in contexts], cfg.max_new_tokens_final, eos=[stop], logits_processor=[processor])
+        new = self._run([c + final_header for c in contexts], cfg.max_new_tokens_final, eos=[stop], prefixes=prefixes,
+                        logits_processor=[processor])
         status = processor.finish(new)
 
         results = []
@@ -292,8 +302,13 @@ class Engine:
         }
         return results
 
-    def _run(self, rows: list[list[int]], max_new_tokens: int, *, eos: list[int], **kwargs: Any):
-        """Left-padded batched generate; returns only the new tokens (batch x steps)."""
+    def _run(self, rows: list[list[int]], max_new_tokens: int, *, eos: list[int], prefixes: list[int] | None = None,
+             **kwargs: Any):
+        """Left-padded batched generate; returns only the new tokens (batch x steps).
+
+        The prompts are prefilled row by row (`_prefill`) into one left-padded cache, so generate
+        only decodes, all rows at once.
+        """
         import torch
 
         width = max(len(r) for r in rows)
@@ -302,6 +317,8 @@ class Engine:
         for i, r in enumerate(rows):
             ids[i, width - len(r):] = torch.tensor(r, dtype=torch.long)
             mask[i, width - len(r):] = 1
+        if self.prefill_by_row:
+            kwargs["past_key_values"] = self._prefill(rows, prefixes or [0] * len(rows), width)
         sampling: dict[str, Any] = {"do_sample": False} if self.config.greedy else {
             "do_sample": True, "temperature": self.config.temperature, "top_p": self.config.top_p, "top_k": 0,
         }
@@ -316,6 +333,115 @@ class Engine:
                 **kwargs,
             )
         return out[:, width:].cpu()
+
+    def _prefill(self, rows: list[list[int]], prefixes: list[int], width: int):
+        """A left-padded batch cache holding every row but its last token, which generate feeds.
+
+        Why not one padded forward: eager attention (gpt-oss has no SDPA path, its sinks) builds
+        batch x heads x width x width scores, so a batched prefill of long prompts costs more than
+        the rows one by one, plus the padding. Row by row there is no padding, the cache holds the
+        same keys and values a padded prefill would (pad slots zero and masked), and a row's prefill
+        is the same computation in a batch as alone. `prefixes[i]` tokens of row i (the messages
+        before the last one, identical across requests) come from a cache kept between calls.
+        """
+        import torch
+        from transformers import DynamicCache
+
+        caches, lengths = [], []
+        with torch.inference_mode():
+            for row, cut in zip(rows, prefixes):
+                body = row[:-1]
+                cut = min(cut, len(body))
+                cache = self._prefix_cache(tuple(body[:cut]))
+                rest = body[cut:]
+                if rest:
+                    self.model(input_ids=torch.tensor([rest], device=self.device), past_key_values=cache,
+                               use_cache=True, logits_to_keep=1)
+                caches.append(cache)
+                lengths.append(len(body))
+        merged = DynamicCache(config=self.model.config)
+        for index, layer in enumerate(merged.layers):
+            keys = [c.layers[index].keys for c in caches]
+            values = [c.layers[index].values for c in caches]
+            span = max(k.shape[-2] for k in keys)
+            layer.lazy_initialization(keys[0], values[0])
+            layer.keys = torch.cat([_left_pad(k, span) for k in keys])
+            layer.values = torch.cat([_left_pad(v, span) for v in values])
+            if hasattr(layer, "cumulative_length"):  # sliding layers count every (padded) position seen
+                layer.cumulative_length = width - 1
+        return merged
+
+    def _prefix_cache(self, prefix: tuple[int, ...]):
+        """A private copy of the cache after `prefix` (computed once, kept for the next calls)."""
+        import copy
+
+        import torch
+        from transformers import DynamicCache
+
+        if not prefix:
+            return DynamicCache(config=self.model.config)
+        cached = self._prefixes.pop(prefix, None)
+        if cached is None:
+            cached = DynamicCache(config=self.model.config)
+            with torch.inference_mode():
+                self.model(input_ids=torch.tensor([list(prefix)], device=self.device), past_key_values=cached,
+                           use_cache=True, logits_to_keep=1)
+            self.counters["prefix_prefills"] += 1
+        self._prefixes[prefix] = cached  # most recently used last
+        while len(self._prefixes) > PREFIX_CACHE_SIZE:
+            self._prefixes.pop(next(iter(self._prefixes)))
+        return copy.deepcopy(cached)
+
+
+def _left_pad(states, span: int):
+    """Zeros before `states` (1 x heads x n x dim) up to `span` positions (masked by the 2-D mask)."""
+    import torch
+
+    missing = span - states.shape[-2]
+    if missing <= 0:
+        return states
+    pad = torch.zeros((*states.shape[:-2], missing, states.shape[-1]), dtype=states.dtype, device=states.device)
+    return torch.cat([pad, states], dim=-2)
+
+
+SINK_ATTENTION = "cpu_fused_sinks"  # no "sdpa" in the name: transformers would refuse it for gpt-oss
+
+
+def sink_attention_forward(module: Any, query: Any, key: Any, value: Any, attention_mask: Any, scaling: float,
+                           dropout: float = 0.0, **kwargs: Any) -> tuple[Any, None]:
+    """gpt-oss attention (with its per-head sinks) on PyTorch's fused CPU attention kernel.
+
+    transformers runs gpt-oss eagerly (no SDPA: the sinks), materialising and re-reading the
+    heads x queries x keys scores six times; this kernel streams them. A sink is one extra logit
+    in the softmax and has no value, so it only rescales the output:
+    out = softmax(scores) @ V * exp(lse) / (exp(lse) + exp(sink)) = sdpa(...) * sigmoid(lse - sink).
+    A fully masked query gets lse ~ -3e38, i.e. output 0, as in the eager path.
+    """
+    import torch
+
+    groups = query.shape[1] // key.shape[1]
+    if groups > 1:
+        key, value = key.repeat_interleave(groups, dim=1), value.repeat_interleave(groups, dim=1)
+    if attention_mask is not None:
+        attention_mask = attention_mask[:, :, :, : key.shape[-2]].to(query.dtype)
+    out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
+        query, key, value, 0.0, False, attn_mask=attention_mask, scale=scaling
+    )
+    gate = torch.sigmoid(lse.float() - module.sinks.float().view(1, -1, 1)).to(out.dtype)
+    return (out * gate.unsqueeze(-1)).transpose(1, 2).contiguous(), None
+
+
+def use_sink_attention(model: Any) -> bool:
+    """Switch a CPU gpt-oss model to `sink_attention_forward`; False where it does not apply."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, eager_mask
+
+    if getattr(model.config, "model_type", None) != "gpt_oss" or next(model.parameters()).device.type != "cpu":
+        return False
+    AttentionInterface.register(SINK_ATTENTION, sink_attention_forward)
+    AttentionMaskInterface.register(SINK_ATTENTION, eager_mask)  # additive float mask, always materialised
+    model.set_attn_implementation(SINK_ATTENTION)
+    return model.config._attn_implementation == SINK_ATTENTION
 
 
 def _torch_dtype(name: str, device: str, quantization: str = "none"):

@@ -44,7 +44,7 @@ DEVELOPER_INSTRUCTIONS = """\
 You assist a triage nurse. From the de-identified patient summary and the vital-sign score, \
 write a preliminary triage report for the nurse to review. It is not a diagnosis.
 
-Answer ONLY with one JSON object that matches the TriageReport schema below: no prose, no \
+Answer ONLY with one JSON object in the TriageReport format below: no prose, no \
 Markdown, no code fences. Use plain one-line strings without double quotes or backslashes.
 - acuity: an integer on the ESI-aligned scale: 1 resuscitation (immediate life-saving \
 intervention), 2 emergent (high risk, danger-zone vital signs, should not wait), 3 urgent \
@@ -56,7 +56,6 @@ intervention), 2 emergent (high risk, danger-zone vital signs, should not wait),
 Never invent identifiers, names, dates, places or record numbers, and do not repeat any that \
 appear. Never assign a lower acuity than the vital-sign rules support without saying why.
 
-TriageReport JSON Schema:
 """
 
 # Vital signs in a fixed clinical order; anything else follows sorted by LOINC.
@@ -328,8 +327,48 @@ def describe_rules(rules: RulesResult) -> str:
 
 
 # --- harmony chat ----------------------------------------------------------------------------
+def _ts_type(node: dict[str, Any], defs: dict[str, Any]) -> str:
+    """One JSON Schema node as a compact TypeScript-like type, constraints inline."""
+    if "$ref" in node:
+        node = defs[node["$ref"].rsplit("/", 1)[-1]]
+    if "enum" in node:
+        return " | ".join(json.dumps(v) for v in node["enum"])
+    kind = node.get("type")
+    if kind == "object":
+        return "{" + ", ".join(f"{k}: {_ts_type(v, defs)}" for k, v in node.get("properties", {}).items()) + "}"
+    if kind == "array":
+        items = _ts_type(node.get("items", {}), defs)
+        low, high = node.get("minItems", 0), node.get("maxItems")
+        count = f"{low}-{high}" if high is not None else f"{low}+"
+        return f"Array<{items}> /* {count} items */"
+    if kind == "string" and "maxLength" in node:
+        return f"string /* {node.get('minLength', 0)}-{node['maxLength']} chars */"
+    if kind == "integer" and {"minimum", "maximum"} <= node.keys():
+        return " | ".join(str(i) for i in range(node["minimum"], node["maximum"] + 1))
+    return "number" if kind in ("integer", "number") else str(kind or "any")
+
+
+def response_format(schema: dict[str, Any]) -> str:
+    """harmony's `# Response Formats` section for a JSON Schema, in compact TypeScript-like form.
+
+    The final channel is generated under the full schema (model.constrained), so the prompt only
+    needs the shape: the pasted JSON Schema was ~1700 of a ~2600-token prompt, all of it prefilled
+    for every request.
+    """
+    defs = schema.get("$defs", {})
+    lines = [f"# Response Formats\n\n## {schema.get('title', 'Response')}\n"]
+    if schema.get("description"):
+        lines.append(f"// {schema['description']}")
+    lines.append("{")
+    for name, node in schema.get("properties", {}).items():
+        note = f" // {node['description']}" if node.get("description") else ""
+        lines.append(f"{name}: {_ts_type(node, defs)},{note}")
+    lines.append("}")
+    return "\n".join(lines)
+
+
 def developer_instructions() -> str:
-    return DEVELOPER_INSTRUCTIONS + json.dumps(report_json_schema(), sort_keys=True, separators=(",", ":"))
+    return DEVELOPER_INSTRUCTIONS + response_format(report_json_schema())
 
 
 def build_messages(record: DeidentifiedRecord, *, rules: RulesResult | None = None) -> list[dict[str, str]]:

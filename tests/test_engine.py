@@ -236,3 +236,59 @@ def test_prompts_from_model_prompts_generate_valid_reports(engine: Engine) -> No
     [result] = engine.generate_reports([prompt])
     assert isinstance(result.report, TriageReport), result.error
     assert engine.last_stats["prompt_tokens"] > engine.model.config.sliding_window  # sliding layers engaged
+
+
+# -- batching speed-ups: exact against the reference paths -----------------------------------------
+
+
+def _shared_prefix_prompts(engine: Engine) -> list[str]:
+    from model.prompts import developer_instructions, render_chat_prompt
+
+    return [
+        render_chat_prompt(engine.tokenizer, [
+            {"role": "developer", "content": developer_instructions()},
+            {"role": "user", "content": "Write the triage report for this patient.\n\n" + c},
+        ], reasoning_effort="low")
+        for c in COMPLAINTS
+    ]
+
+
+def test_row_prefill_with_a_shared_prefix_matches_one_padded_prefill(tiny_model_dir: Path) -> None:
+    engine = Engine.load(EngineConfig(model_path=str(tiny_model_dir), device="cpu", **SMALL))
+    prompts = _shared_prefix_prompts(engine)
+    fast = engine.generate_reports(prompts)
+    again = engine.generate_reports(prompts[1:])  # prefix reused from the first call
+    assert engine.counters["prefix_prefills"] == 1
+    engine.prefill_by_row = False  # transformers' own left-padded prefill inside generate
+    reference = engine.generate_reports(prompts)
+    assert engine.counters["prefix_prefills"] == 1
+    assert [(r.analysis, r.raw_final) for r in fast] == [(r.analysis, r.raw_final) for r in reference]
+    assert [(r.analysis, r.raw_final) for r in again] == [(r.analysis, r.raw_final) for r in reference[1:]]
+    assert all(r.report is not None for r in fast)
+    assert any(r.analysis for r in fast)  # the analysis phase ran too
+
+
+def test_fused_sink_attention_matches_eager(tiny_model_dir: Path) -> None:
+    from model.engine import SINK_ATTENTION, use_sink_attention
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
+    assert model.config._attn_implementation == "eager"
+    gen = torch.Generator().manual_seed(0)
+    ids = torch.randint(10, 1900, (2, 200), generator=gen)
+    mask = torch.ones_like(ids)
+    mask[1, :57] = 0  # left padding: fully masked queries must not poison the rest
+    with torch.no_grad():
+        eager = model(input_ids=ids, attention_mask=mask).logits
+        assert use_sink_attention(model) and model.config._attn_implementation == SINK_ATTENTION
+        fused = model(input_ids=ids, attention_mask=mask).logits
+    assert torch.isfinite(fused).all()
+    assert torch.allclose(fused[0], eager[0], atol=1e-5) and torch.allclose(fused[1, 57:], eager[1, 57:], atol=1e-5)
+    with torch.no_grad():  # and the sinks matter: without them the outputs differ
+        model.model.layers[0].self_attn.sinks.add_(5.0)
+        assert not torch.allclose(model(input_ids=ids[:1]).logits, fused[:1], atol=1e-3)
+
+
+def test_the_cpu_engine_uses_fused_sink_attention(engine: Engine) -> None:
+    from model.engine import SINK_ATTENTION
+
+    assert engine.model.config._attn_implementation == SINK_ATTENTION

@@ -27,6 +27,7 @@ from model.prompts import (
     describe_record,
     relative_time,
     render_chat_prompt,
+    response_format,
     seed_example,
     seed_prompt,
 )
@@ -202,14 +203,35 @@ def test_build_messages_shape_and_instructions():
     assert [m["role"] for m in messages] == ["developer", "user"]
     dev = messages[0]["content"]
     assert "ONLY" in dev and "JSON" in dev and "ESI" in dev and "identifiers" in dev
-    schema = json.loads(dev[dev.index("{"):])
-    assert schema == report_json_schema()
+    # The report's shape as harmony's "# Response Formats" section, derived from the schema: every
+    # field in schema order with its type and limits (generation is constrained to the full schema).
+    schema = report_json_schema()
+    fmt = dev[dev.index("# Response Formats\n\n## TriageReport\n"):]
+    positions = [fmt.index(f"\n{name}: ") for name in schema["properties"]]
+    assert positions == sorted(positions) and len(positions) == 7
+    assert "\nacuity: 1 | 2 | 3 | 4 | 5, // ESI-aligned acuity" in fmt
+    assert "\nsummary: string /* 1-139 chars */," in fmt
+    assert ('differential: Array<{condition: string /* 1-80 chars */, likelihood: "high" | "moderate" | "low", '
+            'rationale: string /* 1-200 chars */}> /* 1-5 items */,') in fmt
+    assert "red_flags: Array<string /* 1-160 chars */> /* 0-6 items */," in fmt
+    assert "reasoning_summary: string /* 1-400 chars */," in fmt
+    assert len(dev) < len(json.dumps(schema, separators=(",", ":")))  # the pasted schema is gone
     user = messages[1]["content"]
     assert "Vital-sign rules:\nNEWS2 (SpO2 scale 1): " in user
     assert "ESI danger-zone vital sign: heart rate 104/min" in user
     # the rules passed in are the ones described
     rules = score_record(record)
     assert build_messages(record, rules=rules) == messages
+
+
+def test_response_format_follows_the_schema():
+    schema = report_json_schema()
+    schema["properties"]["triage_note"] = {"type": "string", "minLength": 2, "maxLength": 7}
+    schema["properties"]["codes"] = {"type": "array", "items": {"enum": ["a", "b"]}, "maxItems": 3}
+    fmt = response_format(schema)
+    assert fmt.startswith("# Response Formats\n\n## TriageReport\n\n// A preliminary triage report")
+    assert fmt.endswith('\ntriage_note: string /* 2-7 chars */,\ncodes: Array<"a" | "b"> /* 0-3 items */,\n}')
+    assert response_format(schema) == fmt  # deterministic
 
 
 @pytest.fixture(scope="module")
