@@ -237,38 +237,41 @@ class JsonSchemaLogitsProcessor(LogitsProcessor):
         closing = self.max_new_tokens - self.steps <= self.closing_reserve
         self.closing_steps += int(closing)
         neg_inf = torch.finfo(work.dtype).min
+        done = [row.failed is not None or row.matcher.is_terminated() for row in self.rows]
         for i, row in enumerate(self.rows):
-            if row.failed is not None or row.matcher.is_terminated():
-                work[i] = neg_inf
-                work[i, g.stop_token_ids[0]] = 0.0
-                continue
-            row.matcher.fill_next_token_bitmask(self._bitmask, i)
+            if not done[i]:
+                row.matcher.fill_next_token_bitmask(self._bitmask, i)
         xgr.apply_token_bitmask_inplace(work, self._bitmask, vocab_size=vocab)
+        # The extra masks for all rows at once (one batch tensor op each, not per row and token).
+        live_rows = torch.tensor([not d for d in done])
+        view = work[:, :vocab]
+        pending = torch.tensor([row.pending for row in self.rows])
+        extra = (g.control[:vocab] | g.special[:vocab]) | ~g.utf8_ok[pending, :vocab]
         for i, row in enumerate(self.rows):
-            if row.failed is not None or row.matcher.is_terminated():
-                continue
-            allowed = work[i, :vocab] > neg_inf
-            extra = g.control[:vocab] | g.special[:vocab] | ~g.utf8_ok[row.pending, :vocab]
-            if row.pending:  # rare: check the few candidates exactly
+            if row.pending and not done[i]:  # rare: check the few candidates exactly
                 prefix = row.partial_char
-                for t in torch.nonzero(~extra & (work[i, :vocab] > neg_inf)).flatten().tolist():
+                for t in torch.nonzero(~extra[i] & (view[i] > neg_inf)).flatten().tolist():
                     if _utf8_pending(prefix + g.token_bytes[t]) is None:
-                        extra[t] = True
-            if row.blank_string:
-                extra |= g.keeps_blank[:vocab]
-            if (allowed & ~extra).any():
-                work[i, :vocab][extra] = neg_inf
-            if work.shape[1] > vocab:
-                work[i, vocab:] = neg_inf
-            if not (work[i] > neg_inf).any():
-                row.failed = "no token allowed"
-                work[i, g.stop_token_ids[0]] = 0.0
-                continue
-            if closing:
-                prefer = g.starts_quote[:vocab] if row.in_string else g.starts_close[:vocab]
-                bonus = prefer.float() * _CLOSE_BONUS + g.length[:vocab] * _LENGTH_BONUS
-                live = work[i, :vocab] > neg_inf
-                work[i, :vocab][live] += bonus[live]
+                        extra[i, t] = True
+        blank = torch.tensor([row.blank_string for row in self.rows])
+        extra |= blank[:, None] & g.keeps_blank[:vocab]
+        # A row keeps the grammar's choice where the extra masks would leave nothing.
+        apply = live_rows & ((view > neg_inf) & ~extra).any(dim=1)
+        view.masked_fill_(apply[:, None] & extra, neg_inf)
+        if work.shape[1] > vocab:
+            work[:, vocab:] = neg_inf
+        stuck = live_rows & ~(work > neg_inf).any(dim=1)
+        for i in torch.nonzero(stuck).flatten().tolist():
+            self.rows[i].failed = "no token allowed"
+        if closing:
+            in_string = torch.tensor([row.in_string for row in self.rows])
+            prefer = torch.where(in_string[:, None], g.starts_quote[:vocab], g.starts_close[:vocab])
+            bonus = prefer.float() * _CLOSE_BONUS + g.length[:vocab] * _LENGTH_BONUS
+            boost = (live_rows & ~stuck)[:, None] & (view > neg_inf)
+            view.add_(torch.where(boost, bonus, 0.0))
+        for i in [i for i, d in enumerate(done) if d] + torch.nonzero(stuck).flatten().tolist():
+            work[i] = neg_inf  # finished, failed or stuck rows: stop
+            work[i, g.stop_token_ids[0]] = 0.0
         self.steps += 1
         return work.to(device=scores.device, dtype=scores.dtype)
 

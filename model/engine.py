@@ -419,14 +419,16 @@ def sink_attention_forward(module: Any, query: Any, key: Any, value: Any, attent
     """
     import torch
 
-    groups = query.shape[1] // key.shape[1]
-    if groups > 1:
-        key, value = key.repeat_interleave(groups, dim=1), value.repeat_interleave(groups, dim=1)
+    batch, heads, length, dim = query.shape
+    groups = heads // key.shape[1]
+    # GQA without copying the KV cache each step: a key head's query heads become extra query rows.
+    query = query.reshape(batch, key.shape[1], groups * length, dim)
     if attention_mask is not None:
-        attention_mask = attention_mask[:, :, :, : key.shape[-2]].to(query.dtype)
+        attention_mask = attention_mask[:, :, :, : key.shape[-2]].to(query.dtype).repeat(1, 1, groups, 1)
     out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
         query, key, value, 0.0, False, attn_mask=attention_mask, scale=scaling
     )
+    out, lse = out.reshape(batch, heads, length, dim), lse.reshape(batch, heads, length)
     gate = torch.sigmoid(lse.float() - module.sinks.float().view(1, -1, 1)).to(out.dtype)
     return (out * gate.unsqueeze(-1)).transpose(1, 2).contiguous(), None
 
