@@ -12,6 +12,7 @@ message (`model_identity`, `Reasoning: <effort>`) and takes the first `developer
 """
 from __future__ import annotations
 
+import functools
 import json
 import re
 from collections.abc import Iterable
@@ -160,7 +161,17 @@ def age_text(record: DeidentifiedRecord) -> str:
 
 
 # --- describe_record -------------------------------------------------------------------------
+# The last record's condition lines: build_messages and seed_prompt of one record both list them.
+# Keyed by identity of the (immutable) conditions tuple, which the cache holds alive; one tuple,
+# read and replaced whole, so concurrent callers never mix two records' entries.
+_LAST_CONDITIONS: tuple[Any, Any, tuple[str, ...]] = (None, None, ())
+
+
 def _conditions(record: DeidentifiedRecord) -> list[str]:
+    global _LAST_CONDITIONS
+    conds, as_of, cached = _LAST_CONDITIONS
+    if conds is record.conditions and as_of == record.as_of:
+        return list(cached)
     rows = []
     for c in record.conditions:
         if c.verification_status in _EXCLUDED_VERIFICATION:
@@ -168,14 +179,19 @@ def _conditions(record: DeidentifiedRecord) -> list[str]:
         name = _concept(c.codings, c.text)
         status = c.clinical_status or "status unknown"
         onset = c.onset or c.recorded
-        when = f"onset {relative_time(onset, record.as_of)}" if onset else "onset unknown"
         inactive = status not in ("active", "recurrence", "relapse", "status unknown")
         key = (inactive, -_aware(onset).timestamp() if onset else float("inf"), name.lower(), status)
-        rows.append((key, f"- {name} ({status}; {when})"))
-    rows.sort()
-    lines = [line for _, line in rows[:MAX_CONDITIONS]]
+        rows.append((key, name, onset))
+    # Equal keys mean equal status and onset, so ordering by (key, name) orders the lines as
+    # sorting the formatted lines did; only the lines shown are formatted.
+    rows.sort(key=lambda r: (r[0], r[1]))
+    lines = [
+        f"- {name} ({key[3]}; {f'onset {relative_time(onset, record.as_of)}' if onset else 'onset unknown'})"
+        for key, name, onset in rows[:MAX_CONDITIONS]
+    ]
     if len(rows) > MAX_CONDITIONS:
         lines.append(f"- and {len(rows) - MAX_CONDITIONS} more")
+    _LAST_CONDITIONS = (record.conditions, record.as_of, tuple(lines))
     return lines
 
 
@@ -367,6 +383,7 @@ def response_format(schema: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+@functools.cache  # constant: the schema is fixed at import; rendering it costs ~2 ms
 def developer_instructions() -> str:
     return DEVELOPER_INSTRUCTIONS + response_format(report_json_schema())
 

@@ -432,3 +432,56 @@ def test_assign_splits_small_export_has_a_test_split() -> None:
     assert sum(v == "train" for v in a.values()) == 11
     others = [assign_splits(patients, seed, (0.8, 0.1, 0.1)) for seed in range(1, 6)]
     assert any(o != a for o in others)  # the seed decides who goes where
+
+
+def _reference_condition_lines(record) -> list[str]:
+    """model.prompts._conditions as it was before lines were formatted lazily (every row formatted,
+    then the formatted rows sorted)."""
+    from model import prompts as pr
+
+    rows = []
+    for c in record.conditions:
+        if c.verification_status in pr._EXCLUDED_VERIFICATION:
+            continue
+        name = pr._concept(c.codings, c.text)
+        status = c.clinical_status or "status unknown"
+        onset = c.onset or c.recorded
+        when = f"onset {pr.relative_time(onset, record.as_of)}" if onset else "onset unknown"
+        inactive = status not in ("active", "recurrence", "relapse", "status unknown")
+        key = (inactive, -pr._aware(onset).timestamp() if onset else float("inf"), name.lower(), status)
+        rows.append((key, f"- {name} ({status}; {when})"))
+    rows.sort()
+    lines = [line for _, line in rows[: pr.MAX_CONDITIONS]]
+    if len(rows) > pr.MAX_CONDITIONS:
+        lines.append(f"- and {len(rows) - pr.MAX_CONDITIONS} more")
+    return lines
+
+
+def test_condition_lines_match_the_reference_order_and_cache_per_record() -> None:
+    import dataclasses
+    import random
+    from datetime import datetime, timedelta, timezone
+
+    from deidentify.record import _mint
+    from fhir_adapter.record import Coding, ConditionEntry
+    from model import prompts as pr
+
+    as_of = datetime(2031, 6, 15, tzinfo=timezone.utc)
+    rng = random.Random(5)
+    names = ["Asthma", "asthma", "ASTHMA", "Otitis media", "Sinusitis", "Fracture of wrist", "Anemia"]
+    conds = []
+    for i in range(45):  # more than MAX_CONDITIONS, with ties in status, onset and case-folded name
+        onset = None if i % 7 == 0 else as_of - timedelta(days=rng.choice([3, 40, 400, 4000]))
+        conds.append(ConditionEntry((Coding("s", str(i), rng.choice(names)),), None,
+                                    rng.choice(["active", "resolved", None]), "confirmed", onset, None))
+    record = _mint(pseudonym="pt", age_years=40, age_days=None, sex="female", as_of=as_of, conditions=tuple(conds))
+    expected = _reference_condition_lines(record)
+    assert len(expected) == pr.MAX_CONDITIONS + 1
+    assert pr._conditions(record) == expected
+    assert pr._conditions(record) == expected  # from the one-record cache
+    # Same conditions tuple, another as_of: the cache must not answer.
+    later = dataclasses.replace(record, as_of=as_of + timedelta(days=800))
+    assert pr._conditions(later) == _reference_condition_lines(later) != expected
+    shuffled = dataclasses.replace(record, conditions=tuple(rng.sample(conds, len(conds))))
+    assert pr._conditions(shuffled) == _reference_condition_lines(shuffled)
+    assert pr.developer_instructions() is pr.developer_instructions()
