@@ -22,6 +22,7 @@ import contextlib
 import dataclasses
 import hashlib
 import hmac
+import itertools
 import json
 import os
 import re
@@ -179,6 +180,7 @@ class LeakScanner:
         self.size = 0
         self._by_token: dict[str, list[tuple[str, str, frozenset[str]]]] = {}
         self._phones: dict[str, list[str]] = {}
+        self._memo: dict[str, tuple[frozenset[str], str]] = {}
         for kind, values in identifiers.terms.items():
             for value in values:
                 self.size += 1
@@ -191,29 +193,71 @@ class LeakScanner:
                 key = max(toks, key=len)
                 self._by_token.setdefault(key, []).append((kind, value, frozenset(toks)))
 
+    _MEMO_SIZE = 256  # texts; the output scan reads each split's chat and Parquet rows in step
+
+    def _info(self, part: str) -> tuple[frozenset[str], str]:
+        """A text's tokens and its digits (`re.sub(r"\D", "", part)`), remembered for the few
+        texts seen again soon (the developer message, a row's messages in JSONL then Parquet)."""
+        info = self._memo.get(part)
+        if info is None:
+            info = (frozenset(_tokens(part)), "".join(_DIGIT_RUN.findall(part)) if self._phones else "")
+            if len(part) >= 64:  # short texts are cheap to tokenize again
+                if len(self._memo) >= self._MEMO_SIZE:
+                    self._memo.clear()  # bounded memory
+                self._memo[part] = info
+        return info
+
     def find(self, text: str) -> Counter[str]:
-        if not text:
+        return self.find_parts((text,))
+
+    def find_parts(self, parts: Sequence[str]) -> Counter[str]:
+        """`find("\n".join(parts))`: a newline separates tokens, so the joined text's tokens are
+        the union of the parts' tokens and its digits the parts' digits in order."""
+        toks: set[str] = set()
+        digit_parts: list[str] = []
+        for part in parts:
+            if part:
+                ptoks, pdigits = self._info(part)
+                toks |= ptoks
+                digit_parts.append(pdigits)
+        if not toks and not any(digit_parts):
             return Counter()
-        toks = set(_tokens(text))
         cand: dict[str, set[str]] = {}
         for tok in toks:
             for kind, value, need in self._by_token.get(tok, ()):
                 if need <= toks:
                     cand.setdefault(kind, set()).add(value)
         if self._phones:
-            digits = "".join(_DIGIT_RUN.findall(text))  # = re.sub(r"\D", "", text), without a call per character
+            digits = "".join(digit_parts)
             for i in range(max(0, len(digits) - 6)):
                 for phone in self._phones.get(digits[i : i + 7], ()):
                     cand.setdefault("PHONE", set()).add(phone)
         if not cand:
             return Counter()
-        return self._cls(terms=cand).find(text)
+        return self._cls(terms=cand).find("\n".join(parts))
 
 
 def json_strings(value: Any) -> str:
     from deidentify.leaks import payload_text
 
     return payload_text(value)
+
+
+def json_parts(value: Any) -> list[str]:
+    """The strings and numbers `json_strings` joins with newlines, in the same order."""
+    parts: list[str] = []
+    stack = [value]
+    while stack:
+        v = stack.pop()
+        if isinstance(v, Mapping):
+            stack.extend(reversed(list(v.values())))
+        elif isinstance(v, (list, tuple)):
+            stack.extend(reversed(v))
+        elif isinstance(v, str):
+            parts.append(v)
+        elif isinstance(v, (int, float)) and not isinstance(v, bool):
+            parts.append(str(v))
+    return parts
 
 
 # ---- note parsing -----------------------------------------------------------------------------
@@ -787,7 +831,7 @@ def patient_shard(raw: list[dict[str, Any]], shared_raw: list[dict[str, Any]], s
         # The developer message is the same fixed instruction text in every example: skip it here
         # (the output scan still reads it) and search everything that came from the record.
         varying = [m for m in example["messages"] if not (m["role"] == "developer" and m["content"] == state.developer)]
-        hits = state.scanner.find(json_strings([varying, seed_text]))
+        hits = state.scanner.find_parts(json_parts([varying, seed_text]))
         if hits:
             drops["leak_check"] += 1
             leak_types.update(hits)
@@ -1234,30 +1278,51 @@ def _output_files(out: Path, cfg: BuildConfig) -> list[Path]:
 
 def iter_file_texts(path: Path) -> Iterator[str]:
     """The text a reader of `path` would see: decoded JSON strings, Parquet cells, or raw text."""
+    for parts in iter_file_parts(path):
+        yield "\n".join(parts)
+
+
+def iter_file_parts(path: Path) -> Iterator[list[str]]:
+    """`iter_file_texts` before joining: each text as the strings joined by newlines."""
+    for texts in _iter_file_rows(path):
+        yield from texts
+
+
+def _iter_file_rows(path: Path) -> Iterator[list[list[str]]]:
+    """Per row (JSONL line, Parquet row; a whole file otherwise) the texts a reader would see."""
     if path.suffix == ".parquet":
         import pyarrow.parquet as pq
 
         for batch in pq.ParquetFile(path).iter_batches(batch_size=256):
             for row in batch.to_pylist():
-                yield json_strings(row)
+                yield [json_parts(row)]
         return
     with open(path, encoding="utf-8", errors="replace") as fh:
         if path.suffix == ".jsonl":
             for line in fh:
-                yield line
+                texts = [[line]]
                 with contextlib.suppress(ValueError):
-                    yield json_strings(json.loads(line))
+                    texts.append(json_parts(json.loads(line)))
+                yield texts
         else:
             text = fh.read()
-            yield text
+            texts = [[text]]
             if path.suffix == ".json":
                 with contextlib.suppress(ValueError):
-                    yield json_strings(json.loads(text))
+                    texts.append(json_parts(json.loads(text)))
+            yield texts
 
 
 def scan_outputs(paths: Iterable[Path], scanner: LeakScanner) -> Counter[str]:
+    """Every text of every file, searched. Files of one split (its JSONL, Parquet and seed copies)
+    are read in step, so a message met again in the Parquet copy is tokenized once."""
     hits: Counter[str] = Counter()
+    groups: dict[str, list[Path]] = {}
     for p in paths:
-        for text in iter_file_texts(p):
-            hits.update(scanner.find(text))
+        groups.setdefault(p.name.split(".")[0], []).append(p)
+    for group in groups.values():
+        for row in itertools.zip_longest(*(_iter_file_rows(p) for p in group)):
+            for texts in row:
+                for parts in texts or ():
+                    hits.update(scanner.find_parts(parts))
     return hits

@@ -306,7 +306,7 @@ def test_leak_in_output_fails_the_build(tmp_path: Path, key_file: Path, monkeypa
     class _Blind:
         size = 0
 
-        def find(self, text):
+        def find_parts(self, parts):
             from collections import Counter
 
             return Counter()
@@ -485,3 +485,34 @@ def test_condition_lines_match_the_reference_order_and_cache_per_record() -> Non
     shuffled = dataclasses.replace(record, conditions=tuple(rng.sample(conds, len(conds))))
     assert pr._conditions(shuffled) == _reference_condition_lines(shuffled)
     assert pr.developer_instructions() is pr.developer_instructions()
+
+
+def test_find_parts_is_find_on_the_joined_text_and_scan_reads_every_file(tmp_path: Path) -> None:
+    from deidentify.leaks import IdentifierSet
+
+    ids = IdentifierSet()
+    ids.add("NAME", "Willena258 Kuhn96")
+    ids.add("PHONE", "555-201-7788")
+    scanner = LeakScanner(ids)
+    long = "routine visit, nothing of note. " * 4  # long enough to be remembered
+    cases = [
+        [long, "seen by Willena258", "Kuhn96 again"],  # a name split across two parts (newline between)
+        [long, "call 555", "201", "7788"],  # digits of a phone across parts
+        ["7788 then", long, "555 201"],  # the same digits out of order: no phone
+        [long, "", "nothing"],
+    ]
+    for parts in cases * 2:  # the second round answers from the memo
+        joined = "\n".join(parts)
+        assert scanner.find_parts(parts) == ids.find(joined) == scanner.find(joined), parts
+    assert scanner.find_parts(cases[0]) and scanner.find_parts(cases[1]) and not scanner.find_parts(cases[2])
+    # Chat JSONL, Parquet and seed copies of one split are read in step; a hit in any one counts.
+    rows = [{"id": f"r{i}", "messages": [{"role": "user", "content": long + ("Willena258 Kuhn96" if i == 7 else "")}]}
+            for i in range(10)]
+    (tmp_path / "seed").mkdir()
+    chat, seed = tmp_path / "train.jsonl", tmp_path / "seed" / "train.jsonl"
+    chat.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    seed.write_text("".join(json.dumps({"id": r["id"], "text": "x"}) + "\n" for r in rows[:3]) + "call 555 201 7788\n")
+    assert scan_outputs([chat, seed], LeakScanner(ids)) == {"NAME": 2, "PHONE": 1}  # raw line + decoded; raw text
+    other = tmp_path / "test.jsonl"
+    other.write_text(json.dumps({"t": "Willena258\nKuhn96"}) + "\n")  # only the decoded text has the name
+    assert scan_outputs([chat, other, seed], LeakScanner(ids)) == {"NAME": 3, "PHONE": 1}
