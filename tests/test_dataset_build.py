@@ -516,3 +516,20 @@ def test_find_parts_is_find_on_the_joined_text_and_scan_reads_every_file(tmp_pat
     other = tmp_path / "test.jsonl"
     other.write_text(json.dumps({"t": "Willena258\nKuhn96"}) + "\n")  # only the decoded text has the name
     assert scan_outputs([chat, other, seed], LeakScanner(ids)) == {"NAME": 3, "PHONE": 1}
+
+
+def test_build_freezes_the_loaded_models_only_while_it_runs(tmp_path: Path, key_file: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import gc
+
+    seen: list[int] = []
+    real = ds.patient_shard
+
+    def shard(raw, shared, state):
+        seen.append(gc.get_freeze_count())
+        return real(raw, shared, state)
+
+    monkeypatch.setattr(ds, "patient_shard", shard)
+    assert gc.get_freeze_count() == 0
+    build(_config(tmp_path / "o", key_file))
+    assert seen and min(seen) > 0  # the scrubber's objects are out of the collector's way per patient
+    assert gc.get_freeze_count() == 0  # and handed back afterwards
