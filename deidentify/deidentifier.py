@@ -55,6 +55,10 @@ class Deidentifier:
     def pseudonym(self, kind: str, value: str) -> str:
         return self._pseudonymizer.pseudonym(kind, value)
 
+    def patient_pseudonym(self, patient_id: str) -> str:
+        """What the hook, `deid fhir` and dataset builds all call this patient."""
+        return self._pseudonymizer.patient(patient_id)
+
     def record(self, record: PatientRecord) -> DeidentifiedRecord:
         return deidentify_record(record, self._pseudonymizer, scrubber=self.scrubber,
                                  restricted_zip3=self.restricted_zip3)

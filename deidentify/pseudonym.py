@@ -108,6 +108,12 @@ class Pseudonymizer:
         """UUID-shaped 128-bit HMAC of `value` in the domain `kind` (e.g. "Patient")."""
         return str(uuid.UUID(bytes=_mac(self.__key, "pseudonym", kind, str(value))[:16]))
 
+    def patient(self, patient_id: str) -> str:
+        """The patient's pseudonym: the same as the pseudonymized Patient.id in de-identified FHIR
+        (every resource id lives in the one "resource" domain, since urn:uuid references carry
+        no type), so the hook, `deid fhir` and dataset builds all name a patient alike."""
+        return self.pseudonym("resource", patient_id)
+
     def date_shift_days(self, patient_key: str) -> int:
         """The patient's offset in days, negative (dates move back), in -hi..-lo, never 0."""
         n = int.from_bytes(_mac(self.__key, "date-shift", str(patient_key))[:8], "big")

@@ -246,7 +246,7 @@ def deidentify_record(
         )
 
     out = _mint(
-        pseudonym=pseudonymizer.pseudonym("resource", key),
+        pseudonym=pseudonymizer.patient(key),
         age_years=age,
         age_days=age_days,
         sex=record.sex,
