@@ -601,7 +601,7 @@ def _plan(raw: list[dict[str, Any]], shared_raw: list[dict[str, Any]], state: _W
     by_type: dict[str, list[Any]] = {}
     for m in models:
         by_type.setdefault(m.get_resource_type(), []).append(m)
-    pseudonym = state.deid.pseudonym("Patient", pid)
+    pseudonym = state.deid.patient_pseudonym(pid)  # the same name the hook and deid fhir give
     try:
         base = record_from_resources(models, pid, None)  # full history, identity with every display
     except RecordError:
@@ -1121,7 +1121,7 @@ def _pseudonym_fn(key: bytes) -> Callable[[str], str]:
     from deidentify.pseudonym import Pseudonymizer
 
     p = Pseudonymizer(key)
-    return lambda pid: p.pseudonym("Patient", pid)
+    return p.patient
 
 
 def _run(items: Iterator[tuple[str, list[dict[str, Any]], list[dict[str, Any]]]], cfg: BuildConfig,
