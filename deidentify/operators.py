@@ -45,7 +45,7 @@ _MON = r"(?P<mon>jan(?:uary)?|feb(?:ruary)?|mar(?:ch)?|apr(?:il)?|may|june?|july
 _DAY = r"(?P<day>\d{1,2})(?:st|nd|rd|th)?"
 _YEAR = r"(?P<year>\d{4}|'\d{2})"
 _DATE_FORMS = [
-    re.compile(rf"^(?P<m>\d{{1,2}})([/.-])(?P<d>\d{{1,2}})\2(?P<y>\d{{4}}|\d{{2}})$"),
+    re.compile(r"^(?P<m>\d{1,2})([/.-])(?P<d>\d{1,2})\2(?P<y>\d{4}|\d{2})$"),
     re.compile(r"^(?P<y>\d{4})([/-])(?P<m>\d{1,2})\2(?P<d>\d{1,2})(?:[T ].*)?$"),
     re.compile(r"^(?P<m>\d{1,2})/(?P<d>\d{1,2})$"),
     re.compile(rf"^{_MON}\s+(?:the\s+)?{_DAY}(?:,?\s*(?:of\s+)?{_YEAR})?$", re.I),

@@ -10,7 +10,6 @@ second NER pass on a case-normalised copy (same length, so offsets map back one 
 """
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import Iterable, Literal, Sequence
 

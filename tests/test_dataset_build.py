@@ -6,7 +6,6 @@ it the scrubber's start-up) and every test reuses it.
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import signal
