@@ -9,7 +9,7 @@ import click
 
 @click.group("model")
 def model_group() -> None:
-    """Build the tiny test model; train, evaluate and inspect adapters."""
+    """Model tooling: build the tiny offline test model (training and evaluation come later)."""
 
 
 @model_group.command("tiny")
