@@ -21,12 +21,9 @@ Redis DB 6 is the bench's own (flushed at start and end). The worker is always s
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
-import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -40,6 +37,8 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+from support.worker_process import worker  # noqa: E402  (the e2e tests start workers the same way)
 
 GOAL_OVERHEAD_MS = 15.0
 GOAL_BATCH_GAIN = 3.0
@@ -58,32 +57,6 @@ def records(count: int) -> list:
     deid = Deidentifier(demo_key(tempfile.mkdtemp(prefix="triage-bench-key-")))
     now = datetime.now(timezone.utc)
     return [deid.record(build_record(patient_view(load(p))["prefetch"], as_of=now)) for p in synthea_paths()[:count]]
-
-
-@contextlib.contextmanager
-def worker(env: dict[str, str], log_path: Path):
-    log = log_path.open("wb")
-    proc = subprocess.Popen([sys.executable, "-m", "cds_hooks.cli", "worker", "--pool", "prefork",
-                             "--concurrency", "1", "--loglevel", "INFO"],
-                            cwd=ROOT, env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT,
-                            start_new_session=True)
-    try:
-        deadline = time.monotonic() + 180
-        while "engine loaded" not in log_path.read_text(errors="replace"):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit("worker did not start:\n" + log_path.read_text(errors="replace")[-2000:])
-            time.sleep(0.2)
-        yield proc
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=10)
-        log.close()
 
 
 def measure_direct(model_dir: Path, budget: dict[str, int], recs: list, repeats: int,
@@ -210,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
         settings = inference_settings(env)
         service = ReportService(settings, engine_config=EngineConfig(model_path=str(model_dir), **budget),
                                 cache=NullReportCache())
-        with worker(env, Path(tempfile.mkdtemp(prefix="triage-bench-")) / "worker.log"):
+        with worker(env, Path(tempfile.mkdtemp(prefix="triage-bench-")) / "worker.log", concurrency=1, timeout_s=180):
             service.request(recs[0], deadline_s=600)  # warm-up: the worker's first batch
             # One at a time (also the queue-overhead samples).
             seq_started = time.perf_counter()

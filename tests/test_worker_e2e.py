@@ -10,11 +10,8 @@ import copy
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -23,6 +20,7 @@ import redis
 from cds_hooks.ai_cards import PENDING_SUMMARY
 from cds_hooks.store import get_store
 from tests.support.cds_app import load, make_app, patient_view, post_hook, synthea_paths
+from tests.support.worker_process import wait_for_log, worker
 
 pytestmark = [pytest.mark.slow, pytest.mark.redis]
 
@@ -87,49 +85,6 @@ def settings(tiny_model_dir, redis_db) -> dict[str, str]:
         "TRIAGE_MAX_NEW_TOKENS_FINAL": "160",
         "TRIAGE_FINAL_CLOSING_RESERVE": "160",
     }
-
-
-@contextlib.contextmanager
-def worker(settings: dict[str, str], log_path: Path, *, pool: str = "prefork") -> Iterator[subprocess.Popen]:
-    """`triage worker` in its own process group, ready once the engine is loaded; always stopped."""
-    env = {**os.environ, **settings, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
-    log = log_path.open("ab")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "cds_hooks.cli", "worker", "--pool", pool, "--loglevel", "INFO"],
-        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-    )
-    try:
-        wait_for_log(log_path, "engine loaded", proc, timeout_s=90)
-        yield proc
-    finally:
-        stop(proc)
-        log.close()
-
-
-def stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=10)
-    with contextlib.suppress(ProcessLookupError):  # pool children left behind by a SIGKILL
-        os.killpg(proc.pid, signal.SIGKILL)
-
-
-def wait_for_log(path: Path, text: str, proc: subprocess.Popen, *, timeout_s: float, count: int = 1) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        content = path.read_text(errors="replace") if path.exists() else ""
-        if content.count(text) >= count:
-            return
-        if proc.poll() is not None:
-            raise AssertionError(f"worker exited ({proc.returncode}):\n{content[-3000:]}")
-        time.sleep(0.1)
-    raise AssertionError(f"worker log never showed {text!r}:\n{path.read_text(errors='replace')[-3000:]}")
 
 
 def record_key(app, body) -> tuple[str, str]:
