@@ -105,6 +105,8 @@ def child(export: Path, out: Path, key: Path, max_encounters: int | None, worker
         bare.scrub_many(texts, known=known, date_shift_days=shift)
         bare_s += time.monotonic() - t
     notes_s, n_notes, notes_chars = _steward_scrub(export, out, state, bare)
+    if result.counts["examples"] and not n_notes:  # a baseline of nothing would flatter nothing
+        raise SystemExit("bench: no notes matched the built examples' ids (pseudonym scheme changed?)")
     c = result.counts
     print(json.dumps({
         "patients": c["patients"], "examples": c["examples"], "encounters": c["encounters"] - c["encounters_over_cap"],
@@ -133,7 +135,7 @@ def _steward_scrub(export: Path, out: Path, state, scrubber) -> tuple[float, int
     n = chars = 0
     with open(notes_in, "w", encoding="utf-8") as fh:
         for p in iter_patients(export, types=()):
-            ps = state.deid.pseudonym("Patient", p.patient_id)
+            ps = state.deid.patient_pseudonym(p.patient_id)  # the build's example ids
             encs = sorted((r for r in p.raw if r.get("resourceType") == "Encounter" and isinstance(r.get("id"), str)),
                           key=lambda r: (_sort_time(r), r["id"]))
             wanted = {e["id"] for i, e in enumerate(encs) if f"{ps}-e{i}" in built}
