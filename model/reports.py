@@ -29,6 +29,7 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
+from model.batching import BatchWindow
 from model.cache import INVALID_TTL_S, ReportCache, cache_key, make_cache
 from model.settings import InferenceSettings, inference_settings
 
@@ -62,17 +63,15 @@ class ReportOutcome:
 class EmbeddedPool:
     """In-process worker: one thread, a batching loop over the same `run_batch` as Celery.
 
-    Requests that arrive within `max_wait_s` of each other (up to `max_size`) share one generate
-    call. The engine loads in the thread on first use; a load failure is remembered and retried
+    Requests that arrive inside one batch window (`model.batching`) share one generate call. The engine loads in the thread on first use; a load failure is remembered and retried
     after `retry_s`.
     """
 
-    def __init__(self, engine_config: EngineConfig, cache: ReportCache, *, max_size: int, max_wait_s: float,
+    def __init__(self, engine_config: EngineConfig, cache: ReportCache, *, window: BatchWindow,
                  retry_s: float = 30.0) -> None:
         self.engine_config = engine_config
         self.cache = cache
-        self.max_size = max_size
-        self.max_wait_s = max_wait_s
+        self.window = window
         self.retry_s = retry_s
         self.engine: Engine | None = None
         self.load_error: str | None = None
@@ -120,25 +119,29 @@ class EmbeddedPool:
         return self.engine
 
     def _batches(self) -> Iterator[list[Any]]:
-        """Items from the queue grouped into batches: up to `max_size` arriving within
-        `max_wait_s` of the first. Ends at a None item."""
+        """Items from the queue grouped into batches by the batch window. Ends at a None item."""
         q = self._queue
         while True:
             item = q.get()
             if item is None:
                 return
             batch = [item]
-            deadline = time.monotonic() + self.max_wait_s
-            while len(batch) < self.max_size:
-                remaining = deadline - time.monotonic()
+            first_at = last_at = time.monotonic()
+            while True:
+                remaining = self.window.wait_left(time.monotonic(), first_at, last_at, len(batch))
                 try:
-                    nxt = q.get(timeout=max(remaining, 0)) if remaining > 0 else q.get_nowait()
+                    nxt = q.get(timeout=remaining) if remaining > 0 else q.get_nowait()
                 except queue_mod.Empty:
+                    if remaining > 0:
+                        continue  # woke up early: the window decides again
                     break
                 if nxt is None:
                     q.put(None)
                     break
                 batch.append(nxt)
+                last_at = time.monotonic()
+                if len(batch) >= self.window.max_size:
+                    break
             yield batch
 
     def _loop(self) -> None:
@@ -166,12 +169,11 @@ class EmbeddedProcessPool:
     Results come back on a queue, resolve the caller's future and fill this process's cache.
     """
 
-    def __init__(self, engine_config: EngineConfig, cache: ReportCache, *, max_size: int, max_wait_s: float,
+    def __init__(self, engine_config: EngineConfig, cache: ReportCache, *, window: BatchWindow,
                  torch_threads: int = 1) -> None:
         self.engine_config = engine_config
         self.cache = cache
-        self.max_size = max_size
-        self.max_wait_s = max_wait_s
+        self.window = window
         self.torch_threads = torch_threads
         self._lock = threading.Lock()
         self._pid = 0
@@ -191,7 +193,7 @@ class EmbeddedProcessPool:
             self._requests, results = ctx.Queue(), ctx.Queue()
             self._process = ctx.Process(
                 target=_embedded_child,
-                args=(self.engine_config, self.max_size, self.max_wait_s, self.torch_threads,
+                args=(self.engine_config, self.window, self.torch_threads,
                       self._requests, results),
                 name="triage-embedded-worker", daemon=True)
             self._process.start()
@@ -251,7 +253,7 @@ class EmbeddedProcessPool:
                 future.set_result(value)
 
 
-def _embedded_child(engine_config: EngineConfig, max_size: int, max_wait_s: float, torch_threads: int,
+def _embedded_child(engine_config: EngineConfig, window: BatchWindow, torch_threads: int,
                     requests: Any, results: Any) -> None:
     """Main of the embedded worker process: load the engine once, then batch and generate."""
     import torch
@@ -259,7 +261,7 @@ def _embedded_child(engine_config: EngineConfig, max_size: int, max_wait_s: floa
     from model.cache import MemoryReportCache
 
     torch.set_num_threads(max(1, torch_threads))  # leave the other cores to the API's hook threads
-    pool = EmbeddedPool(engine_config, MemoryReportCache(), max_size=max_size, max_wait_s=max_wait_s)
+    pool = EmbeddedPool(engine_config, MemoryReportCache(), window=window)
     load_error = None
     try:
         pool._engine()
@@ -344,10 +346,7 @@ class ReportService:
                                            environ=_settings_environ(settings))
         else:
             pool_class = EmbeddedProcessPool if settings.embedded_process else EmbeddedPool
-            self._pool = pool_class(
-                self.engine_config, self.cache, max_size=settings.batch_max_size,
-                max_wait_s=settings.batch_max_wait_ms / 1000,
-            )
+            self._pool = pool_class(self.engine_config, self.cache, window=settings.batch_window)
 
     @classmethod
     def from_settings(cls, values: Mapping[str, Any] | None = None) -> ReportService:
@@ -509,29 +508,41 @@ class ReportService:
         return self._wait_task(task_id, deadline, key)
 
     def _wait_task(self, task_id: str, deadline: float, key: str | None) -> ReportOutcome:
-        """Poll the result back end until the deadline.
+        """Wait for the task's result until the deadline.
 
-        Not `AsyncResult.get(timeout=...)`: on Redis it drains pub/sub in 1 s slices and can
-        overrun a sub-second timeout by up to a second. A GET every few ms costs ~0.1 ms each.
+        On Redis: subscribe to the channel Celery publishes each stored result on, read the result
+        once (it may be there already), and again on each message, so the answer is seen within
+        a round trip. Other back ends: a GET every few ms. Not `AsyncResult.get(timeout=...)`:
+        on Redis it drains pub/sub in 1 s slices and can overrun a sub-second timeout by a second.
         """
         backend = self._celery.backend
+        pubsub = _subscribe(backend, task_id)
         pause = 0.001
-        while True:
-            try:
-                meta = backend.get_task_meta(task_id, cache=False)
-            except Exception as exc:  # noqa: BLE001 - the back end went away: the cache gets it later
-                log.warning("AI report result back end: %s", type(exc).__name__)
-                return ReportOutcome("pending", key=key, reason="result back end unavailable")
-            if meta.get("status") in _READY_STATES:
-                value = meta.get("result")
-                if meta.get("status") != "SUCCESS" or not isinstance(value, dict):
-                    return ReportOutcome("unavailable", key=key, reason="worker error")
-                return self._outcome(value, key)
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return ReportOutcome("pending", key=key, reason="deadline")
-            time.sleep(min(pause, remaining))
-            pause = min(pause * 1.5, 0.005)
+        try:
+            while True:
+                try:
+                    meta = backend.get_task_meta(task_id, cache=False)
+                except Exception as exc:  # noqa: BLE001 - the back end went away: the cache gets it later
+                    log.warning("AI report result back end: %s", type(exc).__name__)
+                    return ReportOutcome("pending", key=key, reason="result back end unavailable")
+                if meta.get("status") in _READY_STATES:
+                    value = meta.get("result")
+                    if meta.get("status") != "SUCCESS" or not isinstance(value, dict):
+                        return ReportOutcome("unavailable", key=key, reason="worker error")
+                    return self._outcome(value, key)
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return ReportOutcome("pending", key=key, reason="deadline")
+                if pubsub is not None:
+                    try:  # re-read at least every 100 ms, whatever the channel says
+                        pubsub.get_message(timeout=min(remaining, 0.1))
+                        continue
+                    except Exception:  # noqa: BLE001 - fall back to polling
+                        pubsub = _close_quietly(pubsub)
+                time.sleep(min(pause, remaining))
+                pause = min(pause * 1.5, 0.005)
+        finally:
+            _close_quietly(pubsub)
 
     def _wait_future(self, future: Future[dict[str, Any]], deadline: float, key: str | None) -> ReportOutcome:
         try:
@@ -572,6 +583,27 @@ class ReportService:
             return
         try:
             self.cache.release(key)
+        except Exception:  # noqa: BLE001
+            pass
+
+
+def _subscribe(backend: Any, task_id: str) -> Any:
+    """A pub/sub subscription to the task's result channel (Redis back end), else None."""
+    client = getattr(backend, "client", None)
+    if client is None or not hasattr(client, "pubsub") or not hasattr(backend, "get_key_for_task"):
+        return None
+    try:
+        pubsub = client.pubsub(ignore_subscribe_messages=True)
+        pubsub.subscribe(backend.get_key_for_task(task_id))
+        return pubsub
+    except Exception:  # noqa: BLE001 - polling still works
+        return None
+
+
+def _close_quietly(pubsub: Any) -> None:
+    if pubsub is not None:
+        try:
+            pubsub.close()
         except Exception:  # noqa: BLE001
             pass
 

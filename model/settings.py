@@ -11,6 +11,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from model.batching import BatchWindow
+
 
 def _str(raw: str) -> str | None:
     return str(raw).strip() or None
@@ -84,9 +86,13 @@ INFERENCE_SETTINGS: tuple[InferenceSetting, ...] = (
                      "Name of the Celery queue the GPU workers consume."),
     InferenceSetting("TRIAGE_BATCH_MAX_SIZE", 8, _positive_int,
                      "Most report requests generated together in one batch (one generate call)."),
-    InferenceSetting("TRIAGE_BATCH_MAX_WAIT_MS", 5, _non_negative_int,
-                     "Longest a request waits in an idle worker for others to batch with (ms). While "
-                     "the model is busy, requests pile up into the next batch anyway."),
+    InferenceSetting("TRIAGE_BATCH_MAX_WAIT_MS", 25, _non_negative_int,
+                     "Longest the first request of a batch waits in an idle worker for others to batch "
+                     "with (ms), while they keep arriving (see TRIAGE_BATCH_QUIET_MS). While the model "
+                     "is busy, requests pile up into the next batch anyway."),
+    InferenceSetting("TRIAGE_BATCH_QUIET_MS", 3, _non_negative_int,
+                     "An idle worker runs the batch once no new request has arrived for this long (ms): "
+                     "a lone request waits only this, a burst of concurrent requests stays together."),
     InferenceSetting("TRIAGE_TASK_SOFT_TIME_LIMIT_S", 120, _positive_int,
                      "Soft time limit of one batch (seconds): the batch is abandoned, its requests fail."),
     InferenceSetting("TRIAGE_TASK_TIME_LIMIT_S", 150, _positive_int,
@@ -123,7 +129,8 @@ class InferenceSettings:
     cache_prefix: str = "triage:report:"
     queue: str = "inference"
     batch_max_size: int = 8
-    batch_max_wait_ms: int = 5
+    batch_max_wait_ms: int = 25
+    batch_quiet_ms: int = 3
     soft_time_limit_s: int = 120
     time_limit_s: int = 150
     result_expires_s: int = 3600
@@ -134,6 +141,10 @@ class InferenceSettings:
     embedded_process: bool = True
     model_path: str | None = None
     adapter_path: str | None = None
+
+    @property
+    def batch_window(self) -> BatchWindow:
+        return BatchWindow(self.batch_max_size, self.batch_max_wait_ms / 1000, self.batch_quiet_ms / 1000)
 
     @property
     def backend_url(self) -> str | None:
@@ -165,6 +176,7 @@ _FIELDS = {
     "TRIAGE_INFERENCE_QUEUE": "queue",
     "TRIAGE_BATCH_MAX_SIZE": "batch_max_size",
     "TRIAGE_BATCH_MAX_WAIT_MS": "batch_max_wait_ms",
+    "TRIAGE_BATCH_QUIET_MS": "batch_quiet_ms",
     "TRIAGE_TASK_SOFT_TIME_LIMIT_S": "soft_time_limit_s",
     "TRIAGE_TASK_TIME_LIMIT_S": "time_limit_s",
     "TRIAGE_RESULT_EXPIRES_S": "result_expires_s",

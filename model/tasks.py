@@ -21,6 +21,7 @@ from celery import signals
 from celery_batches import Batches, SimpleRequest
 from celery_batches.trace import apply_batches_task
 
+from model.batching import BatchWindow
 from model.cache import INVALID_TTL_S, ReportCache, cache_key, make_cache
 from model.queue import REPORT_TASK, app, settings_of
 
@@ -196,13 +197,32 @@ class InferenceBatches(Batches):
 
     acks_late = True
     reject_on_worker_lost = True
+    window: BatchWindow  # set by the task decorator; `flush_interval` is its tick
     _busy = 0  # batches handed to the pool and not finished (read and written in the event loop)
+    _first_at = _last_at = 0.0  # arrival of the buffer's first and latest request
+
+    def Strategy(self, task: Any, app: Any, consumer: Any) -> Any:  # noqa: N802 - celery's name
+        handler = super().Strategy(task, app, consumer)
+
+        def on_message(*args: Any, **kwargs: Any) -> None:
+            now = time.monotonic()
+            if self._buffer.qsize() == 0:
+                self._first_at = now
+            self._last_at = now
+            handler(*args, **kwargs)
+
+        return on_message
 
     def _do_flush(self) -> None:
         # Dynamic batching: while the model is busy, the timer does not flush; requests pile up
-        # and leave together when it is free (or when a full batch has arrived).
-        if self._busy and self._buffer.qsize() < self.flush_every:
-            return
+        # and leave together when it is free (or when a full batch has arrived). When idle, the
+        # batch leaves once the window closes (model.batching).
+        size = self._buffer.qsize()
+        if size < self.flush_every:
+            if self._busy:
+                return
+            if size and self.window.wait_left(time.monotonic(), self._first_at, self._last_at, size) > 0:
+                return
         super()._do_flush()
 
     def flush(self, requests: Sequence[Any]) -> Any:
@@ -255,8 +275,9 @@ _settings = settings_of(app)
 @app.task(
     base=InferenceBatches,
     name=REPORT_TASK,
+    window=_settings.batch_window,
     flush_every=_settings.batch_max_size,
-    flush_interval=max(_settings.batch_max_wait_ms, 1) / 1000,
+    flush_interval=_settings.batch_window.tick_s,
 )
 def generate_report(requests: Sequence[SimpleRequest]) -> int:
     """One batch of report requests (kwargs: `payload`, a de-identified record payload)."""

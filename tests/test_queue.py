@@ -3,6 +3,7 @@ on the real server), `run_batch` and the embedded batching loop on the tiny mode
 from __future__ import annotations
 
 import json
+import threading
 import time
 import uuid
 from datetime import datetime, timedelta, timezone
@@ -15,8 +16,10 @@ from cds_hooks.cli import cli
 from deidentify import Deidentifier
 from deidentify.pseudonym import demo_key
 from fhir_adapter.extract import build_record
-from model.cache import INVALID_TTL_S, MemoryReportCache, RedisReportCache, cache_key, make_cache
+from model.batching import BatchWindow
+from model.cache import INVALID_TTL_S, MemoryReportCache, NullReportCache, RedisReportCache, cache_key, make_cache
 from model.queue import REPORT_TASK, make_celery
+from model.reports import ReportService
 from model.settings import INFERENCE_SETTINGS, InferenceSettings, inference_settings
 from tests.support.cds_app import load, patient_view, synthea_paths
 
@@ -65,7 +68,8 @@ def test_the_report_task_is_a_batches_task_with_the_batch_settings():
     assert isinstance(task, tasks.InferenceBatches)
     settings = tasks.settings_of(tasks.app)
     assert task.flush_every == settings.batch_max_size
-    assert task.flush_interval == pytest.approx(max(settings.batch_max_wait_ms, 1) / 1000)
+    assert task.window == settings.batch_window
+    assert task.flush_interval == pytest.approx(settings.batch_window.tick_s)
     assert task.acks_late and task.reject_on_worker_lost
 
 
@@ -193,7 +197,7 @@ def test_run_batch_one_generate_per_batch_dedups_caches_and_isolates_bad_payload
 
     first, second = payloads(tmp_path, 2)
     cache = MemoryReportCache()
-    pool = EmbeddedPool(tiny_engine.config, cache, max_size=8, max_wait_s=0.5)
+    pool = EmbeddedPool(tiny_engine.config, cache, window=BatchWindow(8, 0.5, 0.5))
     pool.engine = tiny_engine
     futures = [pool.submit(p) for p in (first, json.loads(json.dumps(first)), {"not": "a record"}, second)]
     results = [f.result(timeout=240) for f in futures]
@@ -255,3 +259,62 @@ def test_worker_command_help_and_one_line_errors(monkeypatch, tmp_path):
     assert result.exit_code != 0 and "config.json" in result.output
     result = runner.invoke(cli, ["worker", "--pool", "gevent"])
     assert result.exit_code != 0
+
+
+# --- waiting for a result -----------------------------------------------------------------------
+
+
+def _waiting_service(monkeypatch) -> tuple[ReportService, list[str]]:
+    from model.engine import EngineConfig
+
+    settings = inference_settings({"TRIAGE_BROKER_URL": TEST_REDIS, "TRIAGE_MODEL_PATH": "/no/model",
+                                   "TRIAGE_CACHE_URL": "none"})
+    service = ReportService(settings, engine_config=EngineConfig(model_path="/no/model"), cache=NullReportCache())
+    reads: list[str] = []
+    backend = service._celery.backend
+    inner = backend.get_task_meta
+    monkeypatch.setattr(backend, "get_task_meta", lambda task_id, **kw: reads.append(task_id) or inner(task_id, **kw))
+    return service, reads
+
+
+def _store_later(service: ReportService, task_id: str, delay_s: float) -> threading.Timer:
+    value = {"status": "invalid", "error": "x", "model_version": "m", "adapter_version": "none"}
+    timer = threading.Timer(delay_s, lambda: service._celery.backend.mark_as_done(task_id, value))
+    timer.start()
+    return timer
+
+
+def test_waiting_for_a_result_wakes_on_redis_publish_not_on_a_polling_timer(monkeypatch):
+    service, reads = _waiting_service(monkeypatch)
+    task_id = f"wait-test-{uuid.uuid4()}"
+    try:
+        _store_later(service, task_id, 0.3)
+        started = time.monotonic()
+        outcome = service._wait_task(task_id, started + 5, None)
+        elapsed = time.monotonic() - started
+    finally:
+        service._celery.backend.forget(task_id)
+        service.close()
+    assert outcome.status == "unavailable" and outcome.reason == "invalid"  # the stored value, read
+    assert 0.3 <= elapsed < 0.35
+    # One read at the start and one per message (not ~60 polls over 300 ms); the 100 ms safety
+    # re-reads add at most three.
+    assert len(reads) <= 6
+
+
+def test_without_pubsub_the_wait_falls_back_to_polling_and_still_honours_the_deadline(monkeypatch):
+    from model import reports
+
+    monkeypatch.setattr(reports, "_subscribe", lambda backend, task_id: None)
+    service, reads = _waiting_service(monkeypatch)
+    task_id = f"wait-test-{uuid.uuid4()}"
+    try:
+        started = time.monotonic()
+        assert service._wait_task(task_id, started + 0.2, None).status == "pending"
+        assert 0.2 <= time.monotonic() - started < 0.3
+        assert len(reads) > 20  # polled
+        _store_later(service, task_id, 0.1)
+        assert service._wait_task(task_id, time.monotonic() + 5, None).reason == "invalid"
+    finally:
+        service._celery.backend.forget(task_id)
+        service.close()
