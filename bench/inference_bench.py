@@ -156,6 +156,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1, help="torch threads, here and in the worker")
     parser.add_argument("--batch-wait-ms", type=int, default=None,
                         help="the worker's TRIAGE_BATCH_MAX_WAIT_MS (default: the deployment default)")
+    parser.add_argument("--batch-quiet-ms", type=int, default=None,
+                        help="the worker's TRIAGE_BATCH_QUIET_MS (default: the deployment default)")
     parser.add_argument("--json", dest="json_out", default=None, help="also write the figures here")
     args = parser.parse_args(argv)
 
@@ -189,6 +191,8 @@ def main(argv: list[str] | None = None) -> int:
     }
     if args.batch_wait_ms is not None:
         env["TRIAGE_BATCH_MAX_WAIT_MS"] = str(args.batch_wait_ms)
+    if args.batch_quiet_ms is not None:
+        env["TRIAGE_BATCH_QUIET_MS"] = str(args.batch_quiet_ms)
     client = redis.Redis.from_url(args.redis)
     client.flushdb()
     recs = records(args.requests)

@@ -90,7 +90,7 @@ INFERENCE_SETTINGS: tuple[InferenceSetting, ...] = (
                      "Longest the first request of a batch waits in an idle worker for others to batch "
                      "with (ms), while they keep arriving (see TRIAGE_BATCH_QUIET_MS). While the model "
                      "is busy, requests pile up into the next batch anyway."),
-    InferenceSetting("TRIAGE_BATCH_QUIET_MS", 3, _non_negative_int,
+    InferenceSetting("TRIAGE_BATCH_QUIET_MS", 5, _non_negative_int,
                      "An idle worker runs the batch once no new request has arrived for this long (ms): "
                      "a lone request waits only this, a burst of concurrent requests stays together."),
     InferenceSetting("TRIAGE_TASK_SOFT_TIME_LIMIT_S", 120, _positive_int,
@@ -130,7 +130,7 @@ class InferenceSettings:
     queue: str = "inference"
     batch_max_size: int = 8
     batch_max_wait_ms: int = 25
-    batch_quiet_ms: int = 3
+    batch_quiet_ms: int = 5
     soft_time_limit_s: int = 120
     time_limit_s: int = 150
     result_expires_s: int = 3600

@@ -34,7 +34,8 @@ def test_settings_build_the_window_and_its_timer_tick():
     settings = inference_settings({"TRIAGE_BATCH_MAX_SIZE": "6", "TRIAGE_BATCH_MAX_WAIT_MS": "40",
                                    "TRIAGE_BATCH_QUIET_MS": "4"})
     assert settings.batch_window == BatchWindow(6, 0.040, 0.004)
-    assert settings.batch_window.tick_s == pytest.approx(0.002)
+    assert settings.batch_window.tick_s == pytest.approx(0.001)
+    assert BatchWindow(8, 0.040, 0.008).tick_s == pytest.approx(0.002)
     assert BatchWindow(8, 0.0, 0.0).tick_s == 0.001  # never a busy loop
     with pytest.raises(ValueError, match="TRIAGE_BATCH_QUIET_MS"):
         inference_settings({"TRIAGE_BATCH_QUIET_MS": "-1"})
