@@ -7,6 +7,13 @@ then each patient's lines are read back by seeking. Shared resources (Practition
 Location, ...) are indexed by id and identifier and loaded when a patient's resources refer to them.
 A malformed line is reported as `BadLine(file, line_number, reason)` (1-based) and skipped; lines are
 never logged by content.
+
+Decoding is the reader's main cost, so the index pass decodes only the top-level fields it needs
+(with msgspec when installed: the whole line is still checked as JSON; anything msgspec refuses
+gets `json.loads`'s verdict, so the bad lines reported are the same), and `iter_patient_lines` hands
+out a patient's lines undecoded, each with its resource type, for the caller to decode only what it
+uses (possibly in another process). The references to shared resources are still taken from every
+line of the patient, by a byte-level scan that finds exactly the string `reference` members.
 """
 from __future__ import annotations
 
@@ -34,9 +41,11 @@ from .record import ParseStats, PatientRecord
 
 log = logging.getLogger(__name__)
 
-__all__ = ["BadLine", "BulkError", "BulkReader", "PatientResources", "iter_patients", "iter_resources"]
+__all__ = ["BadLine", "BulkError", "BulkReader", "PatientLines", "PatientResources", "decode_line",
+           "iter_patients", "iter_resources", "line_reference_displays", "line_references"]
 
 _OFFSET_BITS = 40  # files up to 1 TiB; up to 2**23 files
+_OFFSET_MASK = (1 << _OFFSET_BITS) - 1
 _NDJSON = re.compile(r"^([A-Z][A-Za-z]+)(?:[._-].*)?\.ndjson(?:\.gz)?$")
 _PATIENT_FIELDS = ("subject", "patient", "beneficiary")
 
@@ -68,10 +77,121 @@ class PatientResources:
 
 
 @dataclass
+class PatientLines:
+    """One patient's lines as read, not decoded: `(resource type, line bytes)`, or a dict for a
+    resource that had to be decoded to know its type (a Bundle entry, a line of a mixed file). Only
+    the types asked for are here; `shared_raw` was resolved from the references of every line."""
+
+    patient_id: str
+    items: list[tuple[str, bytes | dict[str, Any]]]  # the Patient first, then file order
+    shared_raw: list[dict[str, Any]]
+
+    def decoded(self) -> list[dict[str, Any]]:
+        return [v if isinstance(v, dict) else decode_line(v) for _, v in self.items]
+
+
+@dataclass
 class _Source:
     name: str  # as reported: the file name the steward sees
     path: Path  # what we read (a decompressed copy for .gz)
     kind: str  # "ndjson" or "bundle"
+
+
+try:  # optional: the same answers, several times faster
+    import msgspec as _msgspec
+except ImportError:  # pragma: no cover - json alone
+    _msgspec = None
+
+
+if _msgspec is not None:
+    class _Head(_msgspec.Struct):
+        """The top-level members the index reads; everything else is skipped (but still parsed)."""
+
+        resourceType: Any = None
+        id: Any = None
+        subject: Any = None
+        patient: Any = None
+        beneficiary: Any = None
+        identifier: Any = None
+
+    _HEAD = _msgspec.json.Decoder(_Head)
+    _ANY = _msgspec.json.Decoder()
+
+
+def decode_line(line: bytes) -> Any:
+    """`json.loads(line)`, faster when msgspec is installed (json decides whatever msgspec refuses:
+    NaN, lone surrogates, huge numbers...). Raises ValueError/UnicodeDecodeError like json."""
+    if _msgspec is not None:
+        try:
+            return _ANY.decode(line)
+        except (_msgspec.DecodeError, _msgspec.ValidationError):
+            pass
+    return json.loads(line)
+
+
+def _head(line: bytes) -> dict[str, Any] | Any:
+    """The line's top-level members that `_patient_of` and `_shared_keys` read (a dict), or what
+    `json.loads` gives when that is not an object; raises like `json.loads` on invalid JSON."""
+    if _msgspec is not None:
+        try:
+            h = _HEAD.decode(line)
+        except (_msgspec.DecodeError, _msgspec.ValidationError):
+            pass
+        else:
+            return {k: v for k in _Head.__struct_fields__ if (v := getattr(h, k)) is not None}
+    return json.loads(line)
+
+
+# A `"reference": "<string>"` member. In valid JSON the key can only be a member name when the
+# quote before it follows `{` or `,` (checked on each match): inside a string that quote would be
+# escaped, and a string cannot be followed by `reference"`. So the matches are exactly the string
+# `reference` members of every object of the line, which is what `_references` collects (a line
+# with a \u escape, which could spell the key, is decoded and walked instead).
+_REF = re.compile(rb'"reference"\s*:\s*"([^"\\]*(?:\\.[^"\\]*)*)"')
+_WS = frozenset(b" \t\r\n")
+
+
+def line_references(line: bytes, out: set[str]) -> None:
+    """`_references(json.loads(line), out)` without decoding the line (it must be valid JSON)."""
+    if b"\\u" in line:
+        _references(decode_line(line), out)
+        return
+    for m in _REF.finditer(line):
+        i = m.start() - 1
+        while i >= 0 and line[i] in _WS:
+            i -= 1
+        if i < 0 or line[i] not in b"{,":
+            continue
+        out.add(_unescape(m.group(1)).split("/_history/")[0])
+
+
+_PAIR_TAIL = re.compile(rb'\s*(?:\}|,\s*"display"\s*:\s*"([^"\\]*(?:\\.[^"\\]*)*)"\s*\})')
+
+
+def _unescape(raw: bytes) -> str:
+    return raw.decode("utf-8") if b"\\" not in raw else json.loads(b'"' + raw + b'"')
+
+
+def line_reference_displays(line: bytes) -> list[tuple[str, str]] | None:
+    """(reference, display) of every object of the line with a string `reference` and a string
+    `display`, without decoding, when the line's references are all written `{"reference": R}` or
+    `{"reference": R, "display": D}` (as Synthea and most servers write them); None otherwise (the
+    caller decodes the line). The line must be valid JSON."""
+    if b"\\u" in line:
+        return None
+    pairs: list[tuple[str, str]] = []
+    for m in _REF.finditer(line):
+        i = m.start() - 1
+        while i >= 0 and line[i] in _WS:
+            i -= 1
+        if i < 0 or line[i] not in b"{,":
+            continue  # inside a string
+        tail = _PAIR_TAIL.match(line, m.end())
+        if line[i] != ord("{") or tail is None:
+            return None  # other members around the reference: decode to be sure
+        if tail.group(1) is not None:
+            pairs.append((_unescape(m.group(1)), _unescape(tail.group(1))))
+    return pairs
 
 
 def _patient_of(res: dict[str, Any]) -> str | None:
@@ -148,6 +268,7 @@ class BulkReader:
         self._bundle_cache: tuple[int, list[dict[str, Any]]] | None = None
         self._handles: dict[int, Any] = {}
         self._stats = StatsCounter()
+        self._file_types: dict[int, str | None] = {}  # an NDJSON file's one resourceType (None: mixed)
 
     # ---- lifecycle ----
     def __enter__(self) -> BulkReader:
@@ -247,8 +368,9 @@ class BulkReader:
         return files
 
     # ---- raw reading ----
-    def _lines(self, src: _Source) -> Iterator[tuple[int, int, dict[str, Any]]]:
-        """(line_number, byte offset, resource) of each good line; bad ones are reported."""
+    def _lines(self, src: _Source, decode: Callable[[bytes], Any] = json.loads) -> Iterator[tuple[int, int, dict[str, Any]]]:
+        """(line_number, byte offset, resource) of each good line; bad ones are reported. `decode`
+        may return only some top-level members (`_head`) but must accept and refuse like json."""
         offset = 0
         with src.path.open("rb") as fh:
             for number, line in enumerate(fh, start=1):
@@ -257,7 +379,7 @@ class BulkReader:
                 if not line.strip():
                     continue
                 try:
-                    res = json.loads(line)
+                    res = decode(line)
                 except (ValueError, UnicodeDecodeError):
                     self._bad(src.name, number, "invalid JSON")
                     continue
@@ -303,10 +425,12 @@ class BulkReader:
         index: dict[str, array] = {}
         for idx, src in enumerate(self.sources()):
             if src.kind == "ndjson":
-                items = ((offset, res) for _, offset, res in self._lines(src))
+                items = ((offset, res) for _, offset, res in self._lines(src, _head))
             else:
                 items = enumerate(self._bundle(idx))
+            types: set[str] = set()
             for position, res in items:
+                types.add(res["resourceType"])
                 packed = (idx << _OFFSET_BITS) | position
                 pid = _patient_of(res)
                 if pid is not None:
@@ -316,6 +440,8 @@ class BulkReader:
                         self._shared.setdefault(key, packed)
                 else:
                     self.unassigned += 1
+            if src.kind == "ndjson":
+                self._file_types[idx] = types.pop() if len(types) == 1 else None
             self._bundle_cache = None
         self._index = index
         return index
@@ -324,16 +450,19 @@ class BulkReader:
         return list(self._build_index())
 
     def _read(self, packed: int) -> dict[str, Any] | None:
-        idx, position = packed >> _OFFSET_BITS, packed & ((1 << _OFFSET_BITS) - 1)
+        idx, position = packed >> _OFFSET_BITS, packed & _OFFSET_MASK
         src = self.sources()[idx]
         if src.kind == "bundle":
             entries = self._bundle(idx)
             return entries[position] if position < len(entries) else None
+        return decode_line(self._line(idx, position))  # validated as JSON during indexing
+
+    def _line(self, idx: int, position: int) -> bytes:
         handle = self._handles.get(idx)
         if handle is None:
-            handle = self._handles[idx] = src.path.open("rb")
+            handle = self._handles[idx] = self.sources()[idx].path.open("rb")
         handle.seek(position)
-        return json.loads(handle.readline())  # validated as JSON during indexing
+        return handle.readline()
 
     def _shared_resource(self, packed: int) -> tuple[dict[str, Any] | None, Resource | None]:
         hit = self._cache.get(packed)
@@ -361,24 +490,64 @@ class BulkReader:
             models = parse_many(raw, types=self.types, stats=stats)
             refs: set[str] = set()
             _references(raw, refs)
-            shared_raw: list[dict[str, Any]] = []
-            shared: list[Resource] = []
-            seen: set[int] = set()
-            for ref in sorted(refs):
-                packed = self._shared.get(ref)
-                if packed is None:
-                    parts = ref.split("/")
-                    packed = self._shared.get("/".join(parts[-2:])) if len(parts) >= 2 else None
-                if packed is None or packed in seen:
-                    continue
-                seen.add(packed)
-                sraw, smodel = self._shared_resource(packed)
-                if sraw is not None:
-                    shared_raw.append(sraw)
-                if smodel is not None:
-                    shared.append(smodel)
+            shared_raw, shared = self._resolve(refs)
             self._bundle_cache = None
             yield PatientResources(pid, models, shared, raw, shared_raw, stats.freeze())
+
+    def _resolve(self, refs: set[str]) -> tuple[list[dict[str, Any]], list[Resource]]:
+        """The shared resources `refs` name (raw, and validated for the types read), in ref order."""
+        shared_raw: list[dict[str, Any]] = []
+        shared: list[Resource] = []
+        seen: set[int] = set()
+        for ref in sorted(refs):
+            packed = self._shared.get(ref)
+            if packed is None:
+                parts = ref.split("/")
+                packed = self._shared.get("/".join(parts[-2:])) if len(parts) >= 2 else None
+            if packed is None or packed in seen:
+                continue
+            seen.add(packed)
+            sraw, smodel = self._shared_resource(packed)
+            if sraw is not None:
+                shared_raw.append(sraw)
+            if smodel is not None:
+                shared.append(smodel)
+        return shared_raw, shared
+
+    def iter_patient_lines(self, load: Collection[str] | None = None) -> Iterator[PatientLines]:
+        """`iter_patients` without decoding: each patient's lines of the types in `load` (None: all)
+        as bytes, and the shared resources every one of the patient's lines refers to (as
+        `iter_patients` gives them in `shared_raw`). Same patients, same order; `items` in the
+        order of `iter_patients`'s `raw`, less the types not loaded."""
+        index = self._build_index()
+        for pid, positions in index.items():
+            items: list[tuple[str, bytes | dict[str, Any]]] = []
+            refs: set[str] = set()
+            has_patient = False
+            for packed in sorted(positions):
+                idx, position = packed >> _OFFSET_BITS, packed & _OFFSET_MASK
+                rtype = self._file_types.get(idx)
+                if rtype is not None:
+                    line = self._line(idx, position)
+                    line_references(line, refs)
+                    value: bytes | dict[str, Any] = line
+                else:  # a Bundle entry or a line of a file of several types
+                    res = self._read(packed)
+                    if res is None:
+                        continue
+                    _references(res, refs)
+                    rtype, value = res["resourceType"], res
+                if rtype == "Patient":
+                    has_patient = True  # indexed under its own id, so it is this patient
+                if load is None or rtype in load:
+                    items.append((rtype, value))
+            if not has_patient:
+                log.warning("%d resources refer to a patient that is not in the export", len(positions))
+                continue
+            items.sort(key=lambda item: item[0] != "Patient")  # the Patient first
+            shared_raw = self._resolve(refs)[0]
+            self._bundle_cache = None
+            yield PatientLines(pid, items, shared_raw)
 
 
 def iter_patients(

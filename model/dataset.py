@@ -37,6 +37,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from fhir_adapter.codes import RECORD_TYPES
+
 from .acuity import Acuity
 from .dataset_card import (
     AUDIT_NAME,
@@ -331,6 +333,76 @@ def plan_actions(plan: str, limit: int = 6) -> list[str]:
 
 # ---- one patient ------------------------------------------------------------------------------
 
+# The resource types a build decodes: those `record_from_resources` validates (fhir_adapter's
+# RECORD_TYPES: Patient, Encounter, Condition, Observation, MedicationRequest, AllergyIntolerance,
+# DocumentReference, RelatedPerson, ...). Lines of other types (Procedure, Immunization, Claim...)
+# give only their references' displays (`_clinical_displays`, read from the bytes) and, in the
+# reader, their references to shared Practitioners and Organizations.
+BUILD_TYPES = RECORD_TYPES
+_BY_ENCOUNTER = ("DocumentReference", "Observation")  # used only for the encounters kept
+
+
+def _kept_encounters(encounters: Iterable[Mapping[str, Any]], cap: int | None) -> list[Any]:
+    """The encounters a build makes examples of: by start time (then id), the first `cap`."""
+    ordered = sorted((r for r in encounters if isinstance(r.get("id"), str)), key=lambda r: (_sort_time(r), r["id"]))
+    return ordered if cap is None else ordered[:cap]
+
+
+@dataclass
+class _Decoded:
+    raw: list[dict[str, Any]]  # the lines `_plan` reads, decoded, in line order
+    displays: list[tuple[str, str]]  # (reference, display) of every Reference in the other lines
+
+
+def decode_used(lines: Sequence[tuple[str, Any]], cap: int | None) -> _Decoded:
+    """A patient's lines (`PatientLines.items`) as `_plan` needs them, decoding only what it uses.
+
+    Lines of types outside BUILD_TYPES are not decoded: `_plan` reads only their reference
+    displays. With a cap, a DocumentReference or Observation is used only if it names a kept
+    encounter, so a line that does not contain a kept encounter's id is not decoded (an id is
+    [A-Za-z0-9-.]{1,64}, so it appears as is in the line; a line with a \\u escape is decoded).
+    The result equals `_plan`'s reading of `iter_patients`'s `raw` (tested).
+    """
+    from fhir_adapter.bulk import decode_line, line_reference_displays
+
+    def dec(value: Any) -> Any:
+        return value if isinstance(value, dict) else decode_line(value)
+
+    decoded: list[Any] = [None] * len(lines)
+    displays: list[tuple[str, str]] = []
+    for i, (rtype, value) in enumerate(lines):
+        if rtype not in BUILD_TYPES:
+            pairs = None if isinstance(value, dict) else line_reference_displays(value)
+            if pairs is None:
+                pairs = []
+                _reference_pairs(dec(value), pairs)
+            displays += pairs
+        elif rtype not in _BY_ENCOUNTER or cap is None:
+            decoded[i] = dec(value)
+    if cap is not None:
+        kept = [e["id"].encode() for e in _kept_encounters((r for r in decoded if r is not None
+                                                              and r.get("resourceType") == "Encounter"), cap)]
+        for i, (rtype, value) in enumerate(lines):
+            if rtype in _BY_ENCOUNTER and (isinstance(value, dict) or b"\\u" in value or any(k in value for k in kept)):
+                decoded[i] = dec(value)
+    return _Decoded([r for r in decoded if r is not None], displays)
+
+
+def _reference_pairs(node: Any, out: list[tuple[str, str]]) -> None:
+    """(reference, display) of every object under `node` with both as strings."""
+    if isinstance(node, Mapping):
+        ref, display = node.get("reference"), node.get("display")
+        if isinstance(ref, str) and isinstance(display, str):
+            out.append((ref, display))
+        for v in node.values():
+            if isinstance(v, (Mapping, list)):
+                _reference_pairs(v, out)
+    elif isinstance(node, list):
+        for v in node:
+            if isinstance(v, (Mapping, list)):
+                _reference_pairs(v, out)
+
+
 def _ref_id(ref: Any, rtype: str) -> str | None:
     if isinstance(ref, Mapping) and isinstance(ref.get("reference"), str):
         text = ref["reference"]
@@ -345,27 +417,20 @@ def _ref_id(ref: Any, rtype: str) -> str | None:
 _PERSON_REF_TYPES = {"Patient", "Practitioner", "PractitionerRole", "RelatedPerson"}
 
 
-def _clinical_displays(node: Any, out: set[str], keep: set[str]) -> None:
+def _clinical_displays(node: Any, out: set[str], keep: set[str], pairs: Iterable[tuple[str, str]] = ()) -> None:
     """Split Reference displays into those naming a person (`keep`) and the others (`out`).
 
     `record_from_resources` treats every Reference.display as a possible name, and the record's
     own leak check splits each into words. A Condition display ("Essential hypertension
     (disorder)") or a facility name ("... URGENT CARE") then makes "care" or "hypertension" an
     identifier, and notes full of them fail. Facility names stay covered: the export-wide check
-    searches every Organization and Location name whole.
+    searches every Organization and Location name whole. `pairs`: more (reference, display)s.
     """
-    if isinstance(node, Mapping):
-        ref, display = node.get("reference"), node.get("display")
-        if isinstance(ref, str) and isinstance(display, str):
-            rtype = re.split(r"[/?]", ref.removeprefix("urn:uuid:"), maxsplit=1)[0]
-            (keep if rtype in _PERSON_REF_TYPES or "/" not in ref and "?" not in ref else out).add(display)
-        for v in node.values():
-            if isinstance(v, (Mapping, list)):
-                _clinical_displays(v, out, keep)
-    elif isinstance(node, list):
-        for v in node:
-            if isinstance(v, (Mapping, list)):
-                _clinical_displays(v, out, keep)
+    found: list[tuple[str, str]] = list(pairs)
+    _reference_pairs(node, found)
+    for ref, display in found:
+        rtype = re.split(r"[/?]", ref.removeprefix("urn:uuid:"), maxsplit=1)[0]
+        (keep if rtype in _PERSON_REF_TYPES or "/" not in ref and "?" not in ref else out).add(display)
 
 
 _DATED = {
@@ -560,8 +625,10 @@ class _Plan:
     stats: Any
 
 
-def _plan(raw: list[dict[str, Any]], shared_raw: list[dict[str, Any]], state: _Worker) -> _Plan | dict[str, Any]:
-    """Everything one patient's examples need, not yet de-identified (a dict: the patient is dropped)."""
+def _plan(raw: list[dict[str, Any]], shared_raw: list[dict[str, Any]], state: _Worker,
+          displays: Sequence[tuple[str, str]] = ()) -> _Plan | dict[str, Any]:
+    """Everything one patient's examples need, not yet de-identified (a dict: the patient is dropped).
+    `displays`: the reference displays of lines left out of `raw` (`decode_used`)."""
     from fhir_adapter.extract import RecordError, record_from_resources, to_datetime
     from fhir_adapter.parse import StatsCounter, parse_many
 
@@ -571,12 +638,11 @@ def _plan(raw: list[dict[str, Any]], shared_raw: list[dict[str, Any]], state: _W
     stats = StatsCounter()
     patient_raw = next(r for r in raw if r.get("resourceType") == "Patient")
     pid = patient_raw["id"]
-    encounters = sorted((r for r in raw if r.get("resourceType") == "Encounter" and isinstance(r.get("id"), str)),
-                        key=lambda r: (_sort_time(r), r["id"]))
-    counts["encounters"] = len(encounters)
-    if cfg.max_encounters is not None and len(encounters) > cfg.max_encounters:
-        counts["encounters_capped"] = len(encounters) - cfg.max_encounters
-        encounters = encounters[: cfg.max_encounters]
+    all_encounters = [r for r in raw if r.get("resourceType") == "Encounter"]
+    encounters = _kept_encounters(all_encounters, cfg.max_encounters)
+    counts["encounters"] = sum(isinstance(r.get("id"), str) for r in all_encounters)
+    if counts["encounters"] > len(encounters):
+        counts["encounters_capped"] = counts["encounters"] - len(encounters)
     chosen = {e["id"] for e in encounters}
     # Validate only what is used: notes are read from the raw lines (their base64 bodies are the
     # bulk of an export), encounters and observations only for the encounters kept.
@@ -608,7 +674,7 @@ def _plan(raw: list[dict[str, Any]], shared_raw: list[dict[str, Any]], state: _W
         return {"pseudonym": pseudonym, "examples": [], "stats": {"dropped": {"invalid_patient": 1}}}
     clinical: set[str] = set()
     people: set[str] = set()
-    _clinical_displays(wanted, clinical, people)
+    _clinical_displays(wanted, clinical, people, displays)
     identity = dataclasses.replace(
         base.identity, other_names=tuple(n for n in base.identity.other_names if n not in clinical - people)
     )
@@ -726,7 +792,7 @@ def patient_free_texts(raw: list[dict[str, Any]], shared_raw: list[dict[str, Any
     return ([], None, None) if isinstance(plan, dict) else _plan_texts(plan, state)
 
 
-def patient_shard(raw: list[dict[str, Any]], shared_raw: list[dict[str, Any]], state: _Worker) -> dict[str, Any]:
+def patient_shard(raw: list[dict[str, Any]] | _Decoded, shared_raw: list[dict[str, Any]], state: _Worker) -> dict[str, Any]:
     """All examples and counts of one patient (runs in a worker; returns de-identified data only).
 
     The patient's history entries are de-identified (and leak-checked) once, each encounter's own
@@ -734,7 +800,10 @@ def patient_shard(raw: list[dict[str, Any]], shared_raw: list[dict[str, Any]], s
     """
     from deidentify.leaks import LeakDetected
 
-    plan = _plan(raw, shared_raw, state)
+    if isinstance(raw, _Decoded):
+        plan = _plan(raw.raw, shared_raw, state, raw.displays)
+    else:
+        plan = _plan(raw, shared_raw, state)
     if isinstance(plan, dict):
         return plan
     cfg = state.config
@@ -1080,9 +1149,9 @@ def build(cfg: BuildConfig, *, echo: Callable[[str], None] | None = None) -> Bui
     pseudonyms: list[str] = []
     todo_total = 0
 
-    def todo() -> Iterator[tuple[str, list[dict[str, Any]], list[dict[str, Any]]]]:
+    def todo() -> Iterator[tuple[str, list[tuple[str, Any]], list[dict[str, Any]]]]:
         nonlocal todo_total
-        for p in reader.iter_patients():
+        for p in reader.iter_patient_lines():
             ps = pseudonymize(p.patient_id)
             if cfg.shard is not None and _shard_bucket(ps, cfg.shard[1]) != cfg.shard[0]:
                 continue
@@ -1090,7 +1159,7 @@ def build(cfg: BuildConfig, *, echo: Callable[[str], None] | None = None) -> Bui
             if (shards / f"{ps}.json").is_file():
                 continue  # done by an earlier (interrupted) run
             todo_total += 1
-            yield ps, p.raw, p.shared_raw
+            yield ps, p.items, p.shared_raw
 
     timings["index"] = time.monotonic() - t_index
     bar = _progress(len(patient_ids), "patients", cfg.progress)
@@ -1124,7 +1193,7 @@ def _pseudonym_fn(key: bytes) -> Callable[[str], str]:
     return p.patient
 
 
-def _run(items: Iterator[tuple[str, list[dict[str, Any]], list[dict[str, Any]]]], cfg: BuildConfig,
+def _run(items: Iterator[tuple[str, list[tuple[str, Any]], list[dict[str, Any]]]], cfg: BuildConfig,
          identifiers: Any, timings: dict[str, float]) -> Iterator[tuple[str, dict[str, Any]]]:
     """Shards in input order; with workers, a process pool fed through a bounded window."""
     if cfg.workers <= 1:
@@ -1134,8 +1203,8 @@ def _run(items: Iterator[tuple[str, list[dict[str, Any]], list[dict[str, Any]]]]
         assert _STATE is not None
         _freeze_loaded()
         try:
-            for ps, raw, shared in items:
-                yield ps, patient_shard(raw, shared, _STATE)
+            for ps, lines, shared in items:
+                yield ps, _work(lines, shared)
         finally:
             gc.unfreeze()  # hand them back: the models are freed as usual when the build ends
         return
@@ -1146,8 +1215,8 @@ def _run(items: Iterator[tuple[str, list[dict[str, Any]], list[dict[str, Any]]]]
     ctx = mp.get_context("forkserver" if sys.platform != "win32" else "spawn")
     with ctx.Pool(cfg.workers, initializer=_init_pool_worker, initargs=(cfg, identifiers)) as pool:
         pending: deque[tuple[str, Any]] = deque()
-        for ps, raw, shared in items:
-            pending.append((ps, pool.apply_async(_work, (raw, shared))))
+        for ps, lines, shared in items:  # undecoded lines: the workers decode what they use
+            pending.append((ps, pool.apply_async(_work, (lines, shared))))
             if len(pending) >= window:
                 done_ps, res = pending.popleft()
                 yield done_ps, res.get()
@@ -1156,9 +1225,9 @@ def _run(items: Iterator[tuple[str, list[dict[str, Any]], list[dict[str, Any]]]]
             yield done_ps, res.get()
 
 
-def _work(raw: list[dict[str, Any]], shared: list[dict[str, Any]]) -> dict[str, Any]:
+def _work(lines: list[tuple[str, Any]], shared: list[dict[str, Any]]) -> dict[str, Any]:
     assert _STATE is not None
-    return patient_shard(raw, shared, _STATE)
+    return patient_shard(decode_used(lines, _STATE.config.max_encounters), shared, _STATE)
 
 
 # ---- merge, re-scan, card ---------------------------------------------------------------------
