@@ -268,6 +268,24 @@ def test_row_prefill_with_a_shared_prefix_matches_one_padded_prefill(tiny_model_
     assert any(r.analysis for r in fast)  # the analysis phase ran too
 
 
+def test_chunked_prefill_matches_one_pass(tiny_model_dir: Path) -> None:
+    # Chunks of 13 tokens cross the tiny model's 32-token sliding window many times.
+    engines = [Engine.load(EngineConfig(model_path=str(tiny_model_dir), device="cpu", prefill_chunk=chunk, **SMALL))
+               for chunk in (13, 100_000)]
+    prompts = _shared_prefix_prompts(engines[0])
+    rows = [engines[0].tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+    width = max(len(r) for r in rows)
+    cut = [len(r) // 2 for r in rows]
+    chunked, whole = (e._prefill(rows, cut, width) for e in engines)
+    for a, b in zip(chunked.layers, whole.layers):
+        assert a.keys.shape == b.keys.shape and torch.allclose(a.keys, b.keys, atol=1e-5)
+        assert torch.allclose(a.values, b.values, atol=1e-5)
+    outputs = [[r.raw_final for r in e.generate_reports(prompts)] for e in engines]
+    assert outputs[0] == outputs[1]
+    with pytest.raises(EngineConfigError, match="prefill_chunk"):
+        EngineConfig(model_path=str(tiny_model_dir), prefill_chunk=0)
+
+
 def test_fused_sink_attention_matches_eager(tiny_model_dir: Path) -> None:
     from model.engine import SINK_ATTENTION, use_sink_attention
 
