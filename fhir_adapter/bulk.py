@@ -153,9 +153,20 @@ _WS = frozenset(b" \t\r\n")
 
 def line_references(line: bytes, out: set[str]) -> None:
     """`_references(json.loads(line), out)` without decoding the line (it must be valid JSON)."""
-    if b"\\u" in line:
-        _references(decode_line(line), out)
+    lines_references([line], out)
+
+
+def lines_references(lines: list[bytes], out: set[str]) -> None:
+    """`line_references` of each line (valid JSON, each one object), in one pass."""
+    blob = b"\n".join(lines)  # a line starts with `{`: no match reaches into the one before
+    if b"\\u" in blob:
+        for line in lines:
+            if b"\\u" in line:
+                _references(decode_line(line), out)
+            else:
+                lines_references([line], out)
         return
+    line = blob
     for m in _REF.finditer(line):
         i = m.start() - 1
         while i >= 0 and line[i] in _WS:
@@ -523,13 +534,14 @@ class BulkReader:
         for pid, positions in index.items():
             items: list[tuple[str, bytes | dict[str, Any]]] = []
             refs: set[str] = set()
+            lines: list[bytes] = []
             has_patient = False
             for packed in sorted(positions):
                 idx, position = packed >> _OFFSET_BITS, packed & _OFFSET_MASK
                 rtype = self._file_types.get(idx)
                 if rtype is not None:
                     line = self._line(idx, position)
-                    line_references(line, refs)
+                    lines.append(line)
                     value: bytes | dict[str, Any] = line
                 else:  # a Bundle entry or a line of a file of several types
                     res = self._read(packed)
@@ -544,6 +556,7 @@ class BulkReader:
             if not has_patient:
                 log.warning("%d resources refer to a patient that is not in the export", len(positions))
                 continue
+            lines_references(lines, refs)
             items.sort(key=lambda item: item[0] != "Patient")  # the Patient first
             shared_raw = self._resolve(refs)[0]
             self._bundle_cache = None

@@ -160,30 +160,59 @@ def tool_version() -> str:
 # ---- leak scanning at scale -------------------------------------------------------------------
 
 _TOKEN = re.compile(r"[^\W\d_]+|\d+")
-_DIGIT_RUN = re.compile(r"\d+")
+_LETTER = re.compile(r"[^\W\d_]")
+_DIGIT = re.compile(r"\d")
+_NON_DIGIT = re.compile(r"\D+")
+# re.IGNORECASE matches "i" with "İ" (U+0130) and "ı" (U+0131), which casefold() keeps apart; these
+# are the only such pairs in Unicode (checked against re's own case table), so they are folded first.
+_I_FIX = {0x130: "i", 0x131: "i"}
+_MIN_WORD = 3  # shorter term tokens are not searched (they would hit everywhere): assumed present
+_LETTER_EDGE_KINDS = frozenset({"NAME", "CITY", "ADDRESS"})  # IdentifierSet: letter boundaries
+
+
+def _fold(text: str) -> str:
+    if "\u0130" in text or "\u0131" in text:
+        text = text.translate(_I_FIX)
+    return text.casefold()
 
 
 def _tokens(text: str) -> list[str]:
-    return _TOKEN.findall(text.casefold())
+    return _TOKEN.findall(_fold(text))
 
 
 class LeakScanner:
-    """`IdentifierSet.find` semantics at the size of a whole export.
+    """`IdentifierSet.find` at the size of a whole export: the same answers, far less work.
 
     One regex alternation over tens of thousands of names is slow (it tries every branch at every
-    position). A term can only match where all its letter and digit runs occur as runs of the text,
-    so candidates are found by token lookup, then confirmed by `IdentifierSet.find` on the few
-    candidates: same answers, far less work.
+    position). A term can match only where its letter and digit runs ("tokens", of the casefolded
+    text) occur, so one Aho-Corasick automaton of every term token (pyahocorasick) runs over each
+    casefolded text; the terms whose tokens all occur are the candidates, and `IdentifierSet.find`
+    (the definition) decides on the candidates alone.
+
+    A token inside a term is delimited by the term's own characters, so it must occur as a whole
+    token of the text (no letter, or for a digit run no digit, on either side). At a term's ends the
+    text may go on where IdentifierSet's boundaries allow it: digits after "Kuhn96" ("Kuhn961" is a
+    NAME hit: its boundaries are letters only), a non-ASCII letter or digit next to an IDENTIFIER
+    (its boundaries are ASCII letters and digits), so those end tokens need only occur, touching
+    anything on that side. Tokens shorter than 3 characters are not searched (assumed present)
+    unless they are all a term has. Phones: their last 7 digits in the text's digits, any separators.
     """
 
     def __init__(self, identifiers: Any) -> None:
         from deidentify.leaks import IdentifierSet
 
+        try:
+            import ahocorasick
+        except ImportError as exc:  # fail closed: no scanner, no dataset
+            raise DatasetError(f"the leak scanner is not available ({exc.name}: install pyahocorasick)") from None
         self._cls = IdentifierSet
         self.size = 0
-        self._by_token: dict[str, list[tuple[str, str, frozenset[str]]]] = {}
+        # (word, side) -> terms whose rarest-looking token that is; side: 0 whole token, 1 may touch
+        # on the left, 2 on the right, 3 on both.
+        self._by_token: dict[tuple[str, int], list[tuple[str, str, frozenset[tuple[str, int]]]]] = {}
         self._phones: dict[str, list[str]] = {}
-        self._memo: dict[str, tuple[frozenset[str], str]] = {}
+        self._memo: dict[str, tuple[frozenset[tuple[str, int]], str]] = {}
+        words = ahocorasick.Automaton()
         for kind, values in identifiers.terms.items():
             for value in values:
                 self.size += 1
@@ -193,18 +222,62 @@ class LeakScanner:
                 toks = _tokens(value)
                 if not toks:
                     continue
-                key = max(toks, key=len)
-                self._by_token.setdefault(key, []).append((kind, value, frozenset(toks)))
+                need = {}
+                for i, tok in enumerate(toks):
+                    side = 0
+                    if kind not in _LETTER_EDGE_KINDS or tok[0].isdecimal():
+                        side |= (1 if i == 0 else 0) | (2 if i == len(toks) - 1 else 0)
+                    need[(tok, side)] = None
+                key = max(need, key=lambda t: len(t[0]))
+                need_set = frozenset(t for t in need if len(t[0]) >= _MIN_WORD or t == key)
+                for word, _ in need_set:
+                    words.add_word(word, word)
+                self._by_token.setdefault(key, []).append((kind, value, need_set))
+        self._words_automaton = words if len(words) else None
+        if self._words_automaton is not None:
+            words.make_automaton()
+        self._phone_automaton: Any = None
+        if self._phones:  # each phone's last 7 digits, found in a text's digits
+            self._phone_automaton = ahocorasick.Automaton()
+            for last7 in self._phones:
+                self._phone_automaton.add_word(last7, last7)
+            self._phone_automaton.make_automaton()
 
     _MEMO_SIZE = 256  # texts; the output scan reads each split's chat and Parquet rows in step
 
-    def _info(self, part: str) -> tuple[frozenset[str], str]:
-        """A text's tokens and its digits (`re.sub(r"\D", "", part)`), remembered for the few
-        texts seen again soon (the developer message, a row's messages in JSONL then Parquet)."""
+    def _words(self, text: str) -> frozenset[tuple[str, int]]:
+        """(word, side) for each term token found in `text`, with every side it satisfies."""
+        if self._words_automaton is None:
+            return frozenset()
+        folded = _fold(text)
+        found: set[tuple[str, int]] = set()
+        whole: set[str] = set()
+        letter, digit = _LETTER.match, _DIGIT.match
+        for end, word in self._words_automaton.iter(folded):
+            if word in whole:
+                continue
+            start = end - len(word) + 1
+            edge = digit if word[0].isdecimal() else letter
+            left = start == 0 or edge(folded, start - 1) is None
+            right = edge(folded, end + 1) is None
+            if left and right:
+                whole.add(word)
+                found.update(((word, 0), (word, 1), (word, 2), (word, 3)))
+            else:
+                found.add((word, 3))
+                if right:
+                    found.add((word, 1))
+                elif left:
+                    found.add((word, 2))
+        return frozenset(found)
+
+    def _info(self, part: str) -> tuple[frozenset[tuple[str, int]], str]:
+        """A text's term tokens and its digits (`re.sub(r"\D", "", part)`), remembered for the
+        few texts seen again soon (the developer message, a row's messages in JSONL then Parquet)."""
         info = self._memo.get(part)
         if info is None:
-            info = (frozenset(_tokens(part)), "".join(_DIGIT_RUN.findall(part)) if self._phones else "")
-            if len(part) >= 64:  # short texts are cheap to tokenize again
+            info = (self._words(part), _NON_DIGIT.sub("", part) if self._phones else "")
+            if len(part) >= 64:  # short texts are cheap to read again
                 if len(self._memo) >= self._MEMO_SIZE:
                     self._memo.clear()  # bounded memory
                 self._memo[part] = info
@@ -230,11 +303,9 @@ class LeakScanner:
             for kind, value, need in self._by_token.get(tok, ()):
                 if need <= toks:
                     cand.setdefault(kind, set()).add(value)
-        if self._phones:
-            digits = "".join(digit_parts)
-            for i in range(max(0, len(digits) - 6)):
-                for phone in self._phones.get(digits[i : i + 7], ()):
-                    cand.setdefault("PHONE", set()).add(phone)
+        if self._phone_automaton is not None:
+            for _, last7 in self._phone_automaton.iter("".join(digit_parts)):
+                cand.setdefault("PHONE", set()).update(self._phones[last7])
         if not cand:
             return Counter()
         return self._cls(terms=cand).find("\n".join(parts))
@@ -531,6 +602,32 @@ class _Worker:
     prompts: Any
     memo: MemoScrubber
     developer: str = ""
+    # Shared resources (Practitioner, Organization...) validated once per process, not once per
+    # patient that refers to them: (type, id) -> (the raw resource, its model).
+    shared_models: dict[tuple[str, str], tuple[dict[str, Any], Any]] = field(default_factory=dict)
+
+    _SHARED_CACHE = 4096
+
+    def parse_shared(self, shared_raw: Sequence[dict[str, Any]], stats: Any) -> list[Any]:
+        """`parse_many(shared_raw, stats=stats)`, a valid resource seen before (equal) not validated
+        again. Its models are never changed (record building only reads them)."""
+        from fhir_adapter.parse import parse_many
+
+        out: list[Any] = []
+        for raw in shared_raw:
+            key = (raw.get("resourceType"), raw.get("id"))
+            hit = self.shared_models.get(key) if isinstance(key[1], str) else None
+            if hit is not None and hit[0] == raw:
+                stats.parsed += 1  # what validating it again would count
+                out.append(hit[1])
+                continue
+            models = parse_many([raw], stats=stats)
+            out += models
+            if models and isinstance(key[1], str):
+                if len(self.shared_models) >= self._SHARED_CACHE:
+                    self.shared_models.clear()  # bounded memory
+                self.shared_models[key] = (raw, models[0])
+        return out
 
 
 _STATE: _Worker | None = None
@@ -663,7 +760,7 @@ def _plan(raw: list[dict[str, Any]], shared_raw: list[dict[str, Any]], state: _W
         return True
 
     wanted = [r for r in raw if needed(r)]
-    models = parse_many([*wanted, *shared_raw], stats=stats)
+    models = parse_many(wanted, stats=stats) + state.parse_shared(shared_raw, stats)
     by_type: dict[str, list[Any]] = {}
     for m in models:
         by_type.setdefault(m.get_resource_type(), []).append(m)
