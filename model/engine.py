@@ -321,7 +321,8 @@ class Engine:
             ids[i, width - len(r):] = torch.tensor(r, dtype=torch.long)
             mask[i, width - len(r):] = 1
         if self.prefill_by_row:
-            kwargs["past_key_values"] = self._prefill(rows, prefixes or [0] * len(rows), width)
+            kwargs["past_key_values"] = self._prefill(rows, prefixes or [0] * len(rows), width,
+                                                      reserve=max_new_tokens + 1)
         sampling: dict[str, Any] = {"do_sample": False} if self.config.greedy else {
             "do_sample": True, "temperature": self.config.temperature, "top_p": self.config.top_p, "top_k": 0,
         }
@@ -337,7 +338,7 @@ class Engine:
             )
         return out[:, width:].cpu()
 
-    def _prefill(self, rows: list[list[int]], prefixes: list[int], width: int):
+    def _prefill(self, rows: list[list[int]], prefixes: list[int], width: int, *, reserve: int = 0):
         """A left-padded batch cache holding every row but its last token, which generate feeds.
 
         Why not one padded forward: eager attention (gpt-oss has no SDPA path, its sinks) builds
@@ -346,9 +347,12 @@ class Engine:
         same keys and values a padded prefill would (pad slots zero and masked), and a row's prefill
         is the same computation in a batch as alone. `prefixes[i]` tokens of row i (the messages
         before the last one, identical across requests) come from a cache kept between calls.
+        Full-attention layers get room for `reserve` more tokens (`model.kv_cache`).
         """
         import torch
         from transformers import DynamicCache
+
+        from model.kv_cache import ReservedLayer
 
         caches, lengths = [], []
         with torch.inference_mode():
@@ -368,9 +372,13 @@ class Engine:
             keys = [c.layers[index].keys for c in caches]
             values = [c.layers[index].values for c in caches]
             span = max(k.shape[-2] for k in keys)
+            padded_keys = torch.cat([_left_pad(k, span) for k in keys])
+            padded_values = torch.cat([_left_pad(v, span) for v in values])
+            if reserve and not layer.is_sliding:
+                merged.layers[index] = ReservedLayer(padded_keys, padded_values, reserve)
+                continue
             layer.lazy_initialization(keys[0], values[0])
-            layer.keys = torch.cat([_left_pad(k, span) for k in keys])
-            layer.values = torch.cat([_left_pad(v, span) for v in values])
+            layer.keys, layer.values = padded_keys, padded_values
             if hasattr(layer, "cumulative_length"):  # sliding layers count every (padded) position seen
                 layer.cumulative_length = width - 1
         return merged

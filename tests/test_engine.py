@@ -286,6 +286,23 @@ def test_chunked_prefill_matches_one_pass(tiny_model_dir: Path) -> None:
         EngineConfig(model_path=str(tiny_model_dir), prefill_chunk=0)
 
 
+def test_reserved_kv_layer_writes_in_place_then_grows_past_its_reserve() -> None:
+    from model.kv_cache import ReservedLayer
+
+    gen = torch.Generator().manual_seed(1)
+    keys, values = torch.randn(2, 2, 5, 4, generator=gen), torch.randn(2, 2, 5, 4, generator=gen)
+    layer = ReservedLayer(keys, values, reserve=2)
+    buffer = layer.keys.data_ptr()
+    ref_k, ref_v = keys, values
+    for step in range(4):
+        k, v = torch.randn(2, 2, 1, 4, generator=gen), torch.randn(2, 2, 1, 4, generator=gen)
+        out_k, out_v = layer.update(k, v)
+        ref_k, ref_v = torch.cat([ref_k, k], dim=-2), torch.cat([ref_v, v], dim=-2)
+        assert torch.equal(out_k, ref_k) and torch.equal(out_v, ref_v)
+        assert (out_k.data_ptr() == buffer) == (step < 2)  # in place within the reserve, then torch.cat
+    assert layer.get_seq_length() == 9
+
+
 def test_fused_sink_attention_matches_eager(tiny_model_dir: Path) -> None:
     from model.engine import SINK_ATTENTION, use_sink_attention
 
