@@ -77,6 +77,30 @@ def worker(pool: str, concurrency: int, loglevel: str, queue: str | None, hostna
     raise SystemExit(app.worker_main(argv=argv) or 0)
 
 
+@dataset.command("worker")
+@click.option("--loglevel", "-l", default="INFO", show_default=True,
+              type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"], case_sensitive=False))
+@click.option("--queue", "-Q", "queue", default=None, help="Queue to consume (default: TRIAGE_DATASET_QUEUE or 'datasets').")
+@click.option("--hostname", "-n", default=None, help="Worker node name (default: triage-datasets@<host>).")
+def dataset_worker(loglevel: str, queue: str | None, hostname: str | None) -> None:
+    """Run a Celery worker that builds dataset shards for `triage dataset build --celery N`.
+
+    One shard at a time, in the worker's main process (a shard's own --workers processes do the
+    parallel de-identification). The export, the output folder and the key file must be at the
+    same paths as on the machine that runs `build --celery` (shared storage). No model is loaded.
+    """
+    from model.dataset_queue import app
+
+    if str(app.conf.broker_url).startswith("memory://"):
+        raise click.ClickException("TRIAGE_BROKER_URL is not set: the worker needs a broker (e.g. redis://redis:6379/0)")
+    argv = [
+        "worker", "--pool=solo", f"--loglevel={loglevel.upper()}",
+        f"--queues={queue or app.conf.triage_dataset_queue}",
+        f"--hostname={hostname or 'triage-datasets@%h'}", "--without-gossip", "--without-mingle",
+    ]
+    raise SystemExit(app.worker_main(argv=argv) or 0)
+
+
 @click.command("flower")
 @click.option("--address", default="127.0.0.1", show_default=True, help="Address Flower listens on.")
 @click.option("--port", type=click.IntRange(1, 65535), default=5555, show_default=True, help="Flower's port.")

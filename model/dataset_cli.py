@@ -34,10 +34,12 @@ def _fail(message: str, code: int = 1) -> None:
 @click.option("--max-encounters", type=click.IntRange(1), default=None, help="Use only each patient's first N encounters.")
 @click.option("--no-class-acuity", is_flag=True, help="Do not label emergency-class encounters (Encounter.priority only).")
 @click.option("--shard", default=None, help="K/N: build only this machine's patients (merge with a final run without --shard).")
+@click.option("--celery", "celery_shards", type=click.IntRange(1), default=None,
+              help="N: build as N shard tasks on the `triage dataset worker`s (TRIAGE_BROKER_URL; shared storage), then merge here.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def build_command(input_path: Path, output: Path, key_file: Path | None, seed: int, split: str, formats: str,
                   workers: int, resume: bool, overwrite: bool, max_encounters: int | None, no_class_acuity: bool,
-                  shard: str | None, quiet: bool) -> None:
+                  shard: str | None, celery_shards: int | None, quiet: bool) -> None:
     """Build a de-identified, leak-checked, patient-split fine-tuning set from a FHIR Bulk export."""
     from model.dataset import CLASS_ACUITY, BuildConfig, DatasetError, LeakFound, build, parse_shard, parse_split
 
@@ -48,7 +50,12 @@ def build_command(input_path: Path, output: Path, key_file: Path | None, seed: i
             overwrite=overwrite, max_encounters=max_encounters, class_acuity={} if no_class_acuity else dict(CLASS_ACUITY),
             shard=parse_shard(shard) if shard else None, progress=not quiet,
         )
-        result = build(cfg, echo=lambda line: click.echo(line, err=True))
+        if celery_shards is not None:
+            from model.dataset_queue import build_distributed
+
+            result = build_distributed(cfg, celery_shards, echo=lambda line: click.echo(line, err=True))
+        else:
+            result = build(cfg, echo=lambda line: click.echo(line, err=True))
     except LeakFound as exc:
         _fail(str(exc), 3)
         return

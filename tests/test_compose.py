@@ -18,12 +18,15 @@ from model.settings import INFERENCE_SETTINGS
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
 DEPLOYMENT_DOC = (ROOT / "docs" / "deployment.md").read_text()
-OURS = ("api", "worker", "flower")
+OURS = ("api", "worker", "flower", "dataset-worker")
 KNOWN = {s.name for s in SETTINGS} | {f.metadata["env"] for f in fields(EngineConfig)}
 
 
 def test_the_stack_has_every_service():
-    assert set(COMPOSE["services"]) == {"api", "worker", "flower", "redis", "postgres"}
+    assert set(COMPOSE["services"]) == {"api", "worker", "flower", "dataset-worker", "redis", "postgres"}
+    # The data stewards' shard worker starts only on request, and never reserves a GPU.
+    assert COMPOSE["services"]["dataset-worker"]["profiles"] == ["datasets"]
+    assert "deploy" not in COMPOSE["services"]["dataset-worker"]
 
 
 @pytest.mark.parametrize("name", OURS)

@@ -16,15 +16,19 @@ ROOT = Path(__file__).resolve().parent.parent.parent
 
 @contextlib.contextmanager
 def worker(env: dict[str, str], log_path: Path, *, pool: str = "prefork", concurrency: int | None = None,
-           timeout_s: float = 90) -> Iterator[subprocess.Popen]:
+           timeout_s: float = 90, command: tuple[str, ...] = ("worker",),
+           ready: str = "engine loaded") -> Iterator[subprocess.Popen]:
+    """`triage worker` (or another worker `command`), yielded once its log shows `ready`."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONUNBUFFERED": "1", **env}
-    cmd = [sys.executable, "-m", "cds_hooks.cli", "worker", "--pool", pool, "--loglevel", "INFO"]
+    cmd = [sys.executable, "-m", "cds_hooks.cli", *command, "--loglevel", "INFO"]
+    if pool:
+        cmd += ["--pool", pool]
     if concurrency is not None:
         cmd += ["--concurrency", str(concurrency)]
     log = log_path.open("ab")
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        wait_for_log(log_path, "engine loaded", proc, timeout_s=timeout_s)
+        wait_for_log(log_path, ready, proc, timeout_s=timeout_s)
         yield proc
     finally:
         stop(proc)
