@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 import redis
-
 from conftest import DATA
+from support.worker_process import worker
+
 from model.dataset import BuildConfig, DatasetError, build
 from model.dataset_queue import build_distributed, make_dataset_celery
-from support.worker_process import worker
 
 pytestmark = [pytest.mark.slow, pytest.mark.redis]
 

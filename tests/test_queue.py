@@ -17,7 +17,14 @@ from deidentify import Deidentifier
 from deidentify.pseudonym import demo_key
 from fhir_adapter.extract import build_record
 from model.batching import BatchWindow
-from model.cache import INVALID_TTL_S, MemoryReportCache, NullReportCache, RedisReportCache, cache_key, make_cache
+from model.cache import (
+    INVALID_TTL_S,
+    MemoryReportCache,
+    NullReportCache,
+    RedisReportCache,
+    cache_key,
+    make_cache,
+)
 from model.queue import REPORT_TASK, make_celery
 from model.reports import ReportService
 from model.settings import INFERENCE_SETTINGS, InferenceSettings, inference_settings
@@ -191,8 +198,8 @@ def untimed(result: dict) -> dict:
 
 
 def test_run_batch_one_generate_per_batch_dedups_caches_and_isolates_bad_payloads(tmp_path, tiny_engine):
-    from model.reports import EmbeddedPool
     from model.report import TriageReport
+    from model.reports import EmbeddedPool
     from model.tasks import run_batch
 
     first, second = payloads(tmp_path, 2)
