@@ -19,6 +19,12 @@ ratio = build time / bare time (the scrubber's load, a fixed few seconds, report
 overhead = ratio - 1. Goals (issue 5): overhead <= 25% against the notes baseline, time linear in
 patients, peak memory within 20% from 100 to 1,000 patients.
 
+With --workers N > 1 the build runs N worker processes, and the notes baseline is `triage deid
+scrub --workers N`'s path (`deidentify.text.scrub_jsonl`: a fork pool, `_worker_run` on batches of
+64 through `imap`) over the same notes, its pool started and warmed before the clock starts, as the
+build's start-up (until all its workers are up) is reported apart as "load". The build's own free
+texts are still scrubbed bare in one process (that figure is the one-worker one).
+
     .venv/bin/python bench/dataset_bench.py                      # 10,100,1000 with --max-encounters 3
     .venv/bin/python bench/dataset_bench.py --sizes 13 --max-encounters 0   # whole export, uncapped
 """
@@ -104,7 +110,7 @@ def child(export: Path, out: Path, key: Path, max_encounters: int | None, worker
         t = time.monotonic()
         bare.scrub_many(texts, known=known, date_shift_days=shift)
         bare_s += time.monotonic() - t
-    notes_s, n_notes, notes_chars = _steward_scrub(export, out, state, bare)
+    notes_s, n_notes, notes_chars = _steward_scrub(export, out, state, bare, workers)
     if result.counts["examples"] and not n_notes:  # a baseline of nothing would flatter nothing
         raise SystemExit("bench: no notes matched the built examples' ids (pseudonym scheme changed?)")
     c = result.counts
@@ -117,10 +123,10 @@ def child(export: Path, out: Path, key: Path, max_encounters: int | None, worker
     }))
 
 
-def _steward_scrub(export: Path, out: Path, state, scrubber) -> tuple[float, int, int]:
+def _steward_scrub(export: Path, out: Path, state, scrubber, workers: int = 1) -> tuple[float, int, int]:
     """The steward's alternative: `triage deid scrub` (JSONL in, JSONL out, batches of 64, no known
     identifiers or date shift) over every DocumentReference text of the encounters that became
-    examples, whole notes. Timed like the CLI's one-worker path, without the scrubber's load."""
+    examples, whole notes. Timed like the CLI's path for `workers`, without the scrubber's load."""
     from itertools import islice
 
     from deidentify.text import _scrub_lines
@@ -148,11 +154,43 @@ def _steward_scrub(export: Path, out: Path, state, scrubber) -> tuple[float, int
                         fh.write(json.dumps({"id": n, "text": text}) + "\n")
                         n += 1
                         chars += len(text)
+    if workers > 1:
+        return _steward_scrub_pool(notes_in, out.parent / f"{out.name}-notes.out.jsonl", workers), n, chars
     t = time.monotonic()
     with open(notes_in, encoding="utf-8") as fh, open(out.parent / f"{out.name}-notes.out.jsonl", "w", encoding="utf-8") as dst:
         while batch := [(o["id"], o["text"]) for o in map(json.loads, islice(fh, 64))]:
             dst.write("\n".join(_scrub_lines(scrubber, batch)) + "\n")
     return time.monotonic() - t, n, chars
+
+
+def _pid(_: int) -> int:
+    import os
+
+    time.sleep(0.05)
+    return os.getpid()
+
+
+def _steward_scrub_pool(notes_in: Path, notes_out: Path, workers: int) -> float:
+    """`scrub_jsonl(..., workers=N)`'s pool path (fork, `_worker_init`, `imap(_worker_run, ...,
+    chunksize=1)` over batches of 64), timed once every worker has its scrubber."""
+    import multiprocessing as mp
+    from itertools import islice
+
+    from deidentify.text import _worker_init, _worker_run
+
+    with mp.get_context("fork").Pool(workers, initializer=_worker_init, initargs=("placeholder",)) as pool:
+        for _ in range(5):  # every worker started (the build's "load" is measured the same way)
+            if len(set(pool.map(_pid, range(workers), chunksize=1))) == workers:
+                break
+        t = time.monotonic()
+        with open(notes_in, encoding="utf-8") as fh, open(notes_out, "w", encoding="utf-8") as dst:
+            def batches():
+                while batch := [(o["id"], o["text"]) for o in map(json.loads, islice(fh, 64))]:
+                    yield batch
+
+            for lines in pool.imap(_worker_run, batches(), chunksize=1):
+                dst.write("\n".join(lines) + "\n")
+        return time.monotonic() - t
 
 
 def run_size(export: Path, out: Path, key: Path, cap: int | None, workers: int) -> dict:

@@ -143,11 +143,12 @@ def _head(line: bytes) -> dict[str, Any] | Any:
 
 
 # A `"reference": "<string>"` member. In valid JSON the key can only be a member name when the
-# quote before it follows `{` or `,` (checked on each match): inside a string that quote would be
+# quote before it follows `{` or `,` (and JSON whitespace): inside a string that quote would be
 # escaped, and a string cannot be followed by `reference"`. So the matches are exactly the string
 # `reference` members of every object of the line, which is what `_references` collects (a line
 # with a \u escape, which could spell the key, is decoded and walked instead).
 _REF = re.compile(rb'"reference"\s*:\s*"([^"\\]*(?:\\.[^"\\]*)*)"')
+_MEMBER_REF = re.compile(rb'[{,]\s*"reference"\s*:\s*"([^"\\]*(?:\\.[^"\\]*)*)"')
 _WS = frozenset(b" \t\r\n")
 
 
@@ -166,14 +167,8 @@ def lines_references(lines: list[bytes], out: set[str]) -> None:
             else:
                 lines_references([line], out)
         return
-    line = blob
-    for m in _REF.finditer(line):
-        i = m.start() - 1
-        while i >= 0 and line[i] in _WS:
-            i -= 1
-        if i < 0 or line[i] not in b"{,":
-            continue
-        out.add(_unescape(m.group(1)).split("/_history/")[0])
+    for raw in set(_MEMBER_REF.findall(blob)):
+        out.add(_unescape(raw).split("/_history/")[0])
 
 
 _PAIR_TAIL = re.compile(rb'\s*(?:\}|,\s*"display"\s*:\s*"([^"\\]*(?:\\.[^"\\]*)*)"\s*\})')

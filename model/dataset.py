@@ -123,7 +123,8 @@ class BuildResult:
     elapsed_s: float
     merged: bool
     # Wall seconds per phase (not in the manifest: outputs stay byte-identical): "index" (identifier
-    # pass and patient index), "load" (scrubber start-up, one worker), "patients", "merge".
+    # pass and patient index), "load" (scrubber start-up: the one worker's, or until every pool
+    # worker has started), "patients", "merge".
     timings: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -805,6 +806,10 @@ def _plan(raw: list[dict[str, Any]], shared_raw: list[dict[str, Any]], state: _W
         if eid:
             obs_by_enc.setdefault(eid, []).append(m)
     patient_model = by_type["Patient"][0]
+    # A visit's record takes its identity from `identity` (below): of the Patient it needs only the
+    # birth date and sex, so it gets a Patient of those alone (not walked again for names per visit).
+    visit_patient = type(patient_model).model_validate(
+        {"resourceType": "Patient", "id": pid, "birthDate": patient_model.birthDate, "gender": patient_model.gender})
     enc_models = {m.id: m for m in by_type.get("Encounter", ())}
     cond_keys = [(tuple((x.system, x.code) for x in c.codings), c.onset, c.recorded) for c in base.conditions]
     allergy_seen = [allergy_dates.get(tuple((x.system, x.code) for x in a.codings)) for a in base.allergies]
@@ -849,7 +854,7 @@ def _plan(raw: list[dict[str, Any]], shared_raw: list[dict[str, Any]], state: _W
             continue
         level, source = _label(enc, cfg.class_acuity)
         try:
-            visit = record_from_resources([patient_model, enc_models[eid], *obs_by_enc.get(eid, ())], pid, start,
+            visit = record_from_resources([visit_patient, enc_models[eid], *obs_by_enc.get(eid, ())], pid, start,
                                           encounter_id=eid, history_only=True)
         except RecordError:
             drops["invalid_encounter"] += 1
@@ -1311,6 +1316,12 @@ def _run(items: Iterator[tuple[str, list[tuple[str, Any]], list[dict[str, Any]]]
     window = cfg.window or 2 * cfg.workers
     ctx = mp.get_context("forkserver" if sys.platform != "win32" else "spawn")
     with ctx.Pool(cfg.workers, initializer=_init_pool_worker, initargs=(cfg, identifiers)) as pool:
+        # Wait for every worker's start-up (imports, scrubber), reported apart as with one worker.
+        t = time.monotonic()
+        for _ in range(5):
+            if len(set(pool.map(_started, range(cfg.workers), chunksize=1))) == cfg.workers:
+                break
+        timings["load"] = time.monotonic() - t
         pending: deque[tuple[str, Any]] = deque()
         for ps, lines, shared in items:  # undecoded lines: the workers decode what they use
             pending.append((ps, pool.apply_async(_work, (lines, shared))))
@@ -1320,6 +1331,11 @@ def _run(items: Iterator[tuple[str, list[tuple[str, Any]], list[dict[str, Any]]]
         while pending:
             done_ps, res = pending.popleft()
             yield done_ps, res.get()
+
+
+def _started(_: int) -> int:
+    time.sleep(0.05)  # long enough for the other workers to take the other calls
+    return os.getpid()
 
 
 def _work(lines: list[tuple[str, Any]], shared: list[dict[str, Any]]) -> dict[str, Any]:
