@@ -435,22 +435,23 @@ def decode_used(lines: Sequence[tuple[str, Any]], cap: int | None) -> _Decoded:
     [A-Za-z0-9-.]{1,64}, so it appears as is in the line; a line with a \\u escape is decoded).
     The result equals `_plan`'s reading of `iter_patients`'s `raw` (tested).
     """
-    from fhir_adapter.bulk import decode_line, line_reference_displays
+    from fhir_adapter.bulk import _reference_pairs, decode_line, lines_reference_displays
 
     def dec(value: Any) -> Any:
         return value if isinstance(value, dict) else decode_line(value)
 
     decoded: list[Any] = [None] * len(lines)
     displays: list[tuple[str, str]] = []
+    other: list[bytes] = []
     for i, (rtype, value) in enumerate(lines):
         if rtype not in BUILD_TYPES:
-            pairs = None if isinstance(value, dict) else line_reference_displays(value)
-            if pairs is None:
-                pairs = []
-                _reference_pairs(dec(value), pairs)
-            displays += pairs
+            if isinstance(value, dict):
+                _reference_pairs(value, displays)
+            else:
+                other.append(value)
         elif rtype not in _BY_ENCOUNTER or cap is None:
             decoded[i] = dec(value)
+    displays += lines_reference_displays(other)
     if cap is not None:
         kept = [e["id"].encode() for e in _kept_encounters((r for r in decoded if r is not None
                                                               and r.get("resourceType") == "Encounter"), cap)]
@@ -458,21 +459,6 @@ def decode_used(lines: Sequence[tuple[str, Any]], cap: int | None) -> _Decoded:
             if rtype in _BY_ENCOUNTER and (isinstance(value, dict) or b"\\u" in value or any(k in value for k in kept)):
                 decoded[i] = dec(value)
     return _Decoded([r for r in decoded if r is not None], displays)
-
-
-def _reference_pairs(node: Any, out: list[tuple[str, str]]) -> None:
-    """(reference, display) of every object under `node` with both as strings."""
-    if isinstance(node, Mapping):
-        ref, display = node.get("reference"), node.get("display")
-        if isinstance(ref, str) and isinstance(display, str):
-            out.append((ref, display))
-        for v in node.values():
-            if isinstance(v, (Mapping, list)):
-                _reference_pairs(v, out)
-    elif isinstance(node, list):
-        for v in node:
-            if isinstance(v, (Mapping, list)):
-                _reference_pairs(v, out)
 
 
 def _ref_id(ref: Any, rtype: str) -> str | None:
@@ -498,6 +484,8 @@ def _clinical_displays(node: Any, out: set[str], keep: set[str], pairs: Iterable
     identifier, and notes full of them fail. Facility names stay covered: the export-wide check
     searches every Organization and Location name whole. `pairs`: more (reference, display)s.
     """
+    from fhir_adapter.bulk import _reference_pairs
+
     found: list[tuple[str, str]] = list(pairs)
     _reference_pairs(node, found)
     for ref, display in found:

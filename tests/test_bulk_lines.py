@@ -38,6 +38,8 @@ REF_CASES = [
     {"resourceType": "X", "note": 'he said ,"reference":"Organization/9" in text', "b": {"reference": 5}},
     {"resourceType": "X", "c": {"display": "x", "reference": "Location/\u00e9\"q"}, "d": ["reference", {"reference": ""}]},
     {"resourceType": "X", "e": {"reference": "Loc\\ation/1"}, "f": {"x": {"reference": "urn:uuid:abc"}}},
+    {"resourceType": "X", "a\"reference": "Practitioner/7", "g": {"reference": "Patient/8"}},
+    {"resourceType": "X", "a\\": {"reference": "Practitioner/9"}, "h": "reference\\"},
 ]
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from deidentify.leaks import IdentifierSet
-from fhir_adapter.bulk import BulkReader, decode_line, line_reference_displays
+from fhir_adapter.bulk import BulkReader, _reference_pairs, decode_line, line_reference_displays, lines_reference_displays
 from model import dataset as ds
 from tests.test_dataset_build import EXPORT
 
@@ -70,6 +70,22 @@ def test_reference_displays_from_bytes(obj, from_bytes) -> None:
         line = json.dumps(obj, separators=sep, ensure_ascii=False).encode()
         got = line_reference_displays(line)
         want: list = []
-        ds._reference_pairs(decode_line(line), want)
+        _reference_pairs(decode_line(line), want)
         assert (got is not None) == from_bytes
         assert got is None or sorted(got) == sorted(want)
+
+
+def test_reference_displays_of_many_lines() -> None:
+    objs = [
+        {"a": {"reference": "Location/1", "display": "Clinic"}, "b": [{"reference": "Patient/2"}]},
+        {"a": {"reference": "Practitioner/1", "display": "Dr. \u00c9 \"Q\""}, "n": "x,\"reference\":\"y\""},
+        {"a": {"display": "first", "reference": "Organization/1"}},
+        {"a": {"reference": "Organization/1", "display": "D", "type": "Organization"}},
+        {"x": ["reference", {"reference": "Organization/2", "display": ""}]},
+    ]
+    lines = [json.dumps(o, ensure_ascii=False).encode() for o in objs]
+    for chosen in (lines[:2], lines[4:], lines, lines[2:4], [lines[1].replace(b"Q", b"\\u0051")]):
+        want: list = []
+        for line in chosen:
+            _reference_pairs(decode_line(line), want)
+        assert sorted(lines_reference_displays(chosen)) == sorted(want)
