@@ -1258,7 +1258,7 @@ def build(cfg: BuildConfig, *, echo: Callable[[str], None] | None = None) -> Bui
         with reader:
             for ps, shard in _run(todo(), cfg, identifiers, timings):
                 with atomic_open(shards / f"{ps}.json") as fh:
-                    json.dump(shard, fh, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+                    fh.write(json.dumps(shard, sort_keys=True, ensure_ascii=False, separators=(",", ":")))
                 bar.update(1)
     finally:
         bar.close()
@@ -1340,6 +1340,20 @@ def _read_shard(path: Path) -> dict[str, Any]:
         raise DatasetError(f"work file {path.name} is damaged: run again with --overwrite") from None
 
 
+def _shard_has_examples(path: Path) -> bool:
+    """`_read_shard(path)["examples"]` is not empty, from the file's first bytes: shards are written
+    with sorted keys and no spaces, so they start `{"examples":[` then `]` when empty (any other
+    start: the whole file is read)."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(15)
+    except OSError:
+        head = b""
+    if head.startswith(b'{"examples":[') and len(head) == 15 and head[13:14] in (b"]", b"{"):
+        return head[13:14] == b"{"
+    return bool(_read_shard(path)["examples"])
+
+
 def merge(cfg: BuildConfig, pseudonyms: list[str], inputs: list[dict[str, Any]], fingerprint: str,
           bad_lines: Sequence[Any], identifiers: Any, encounters_total: int | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
     out = cfg.output
@@ -1356,7 +1370,7 @@ def merge(cfg: BuildConfig, pseudonyms: list[str], inputs: list[dict[str, Any]],
     free_texts = 0
     seed = "seed" in cfg.formats
     # Only patients with examples take a place in a split (a split of example-less patients is empty).
-    splits = assign_splits((ps for ps in pseudonyms if _read_shard(shards / f"{ps}.json")["examples"]), cfg.seed, cfg.split)
+    splits = assign_splits((ps for ps in pseudonyms if _shard_has_examples(shards / f"{ps}.json")), cfg.seed, cfg.split)
     with contextlib.ExitStack() as stack:
         chat = {s: stack.enter_context(atomic_open(out / f"{s}.jsonl")) for s in SPLITS}
         seeds = {s: stack.enter_context(atomic_open(out / "seed" / f"{s}.jsonl")) for s in SPLITS} if seed else {}

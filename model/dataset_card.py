@@ -76,12 +76,39 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
 # ---- Parquet -----------------------------------------------------------------------------------
 
 def write_parquet(path: Path, jsonl_path: Path) -> None:
-    """Parquet copy of a JSONL split with an explicit schema (stable across builds and splits)."""
+    """Parquet copy of a JSONL split with an explicit schema (stable across builds and splits).
+
+    Arrow's JSON reader parses the split (several times faster than building the table from
+    Python rows, and the same table: tested byte for byte); an empty split, or one Arrow cannot
+    read in blocks (a row over 64 MiB), is built from Python rows as before.
+    """
     import pyarrow as pa
+    import pyarrow.json as pj
     import pyarrow.parquet as pq
 
+    schema = parquet_schema()
+    table = None
+    if jsonl_path.stat().st_size:
+        try:
+            table = pj.read_json(
+                jsonl_path,
+                read_options=pj.ReadOptions(block_size=1 << 26, use_threads=False),
+                parse_options=pj.ParseOptions(explicit_schema=schema, unexpected_field_behavior="ignore"),
+            ).combine_chunks()
+        except pa.ArrowInvalid:
+            table = None
+    if table is None:
+        table = pa.table(_python_columns(jsonl_path, schema), schema=schema)
+    with atomic_open(path, "wb") as fh:
+        # No created_by/time metadata varies between runs of the same pyarrow: bytes are stable.
+        pq.write_table(table, fh, compression="zstd")
+
+
+def parquet_schema() -> Any:
+    import pyarrow as pa
+
     message = pa.struct([("role", pa.string()), ("content", pa.string()), ("thinking", pa.string())])
-    schema = pa.schema(
+    return pa.schema(
         [
             ("id", pa.string()),
             ("patient", pa.string()),
@@ -91,6 +118,9 @@ def write_parquet(path: Path, jsonl_path: Path) -> None:
             ("chat_template_kwargs", pa.struct([("model_identity", pa.string()), ("reasoning_effort", pa.string())])),
         ]
     )
+
+
+def _python_columns(jsonl_path: Path, schema: Any) -> dict[str, list[Any]]:
     columns: dict[str, list[Any]] = {name: [] for name in schema.names}
     with open(jsonl_path, encoding="utf-8") as fh:
         for line in fh:
@@ -100,10 +130,7 @@ def write_parquet(path: Path, jsonl_path: Path) -> None:
                 if name == "messages":
                     value = [{"role": m["role"], "content": m["content"], "thinking": m.get("thinking")} for m in value]
                 columns[name].append(value)
-    table = pa.table(columns, schema=schema)
-    with atomic_open(path, "wb") as fh:
-        # No created_by/time metadata varies between runs of the same pyarrow: bytes are stable.
-        pq.write_table(table, fh, compression="zstd")
+    return columns
 
 
 # ---- dataset card ------------------------------------------------------------------------------

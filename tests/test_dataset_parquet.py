@@ -1,0 +1,43 @@
+"""The Parquet copy read by Arrow's JSON reader is the table built from Python rows, byte for byte."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from model import dataset_card as dc
+
+
+def _rows() -> list[dict]:
+    rows = []
+    for i in range(300):
+        messages = [{"role": "developer", "content": "fixed instructions " * 20},
+                    {"role": "user", "content": f"Patient {i}: \u00e9\u2026 \"quoted\" \\ back\nline two"},
+                    {"role": "assistant", "content": json.dumps({"acuity": i % 5}), "extra": "ignored"}]
+        if i % 7 == 0:
+            messages[2]["thinking"] = "because"
+        rows.append({"id": f"p{i}-e{i}", "patient": f"p{i}", "acuity": None if i % 3 == 0 else i % 5 + 1,
+                     "label_source": None if i % 3 == 0 else "encounter.class", "messages": messages,
+                     "chat_template_kwargs": None if i % 11 == 0 else {"model_identity": "m", "reasoning_effort": "low"}})
+    return rows
+
+
+def test_arrow_reader_gives_the_python_table(tmp_path: Path) -> None:
+    src = tmp_path / "train.jsonl"
+    src.write_text("".join(dc.dumps_line(r) for r in _rows()), encoding="utf-8")
+    fast, slow = tmp_path / "fast.parquet", tmp_path / "slow.parquet"
+    dc.write_parquet(fast, src)
+    schema = dc.parquet_schema()
+    table = pa.table(dc._python_columns(src, schema), schema=schema)
+    pq.write_table(table, slow, compression="zstd")
+    assert fast.read_bytes() == slow.read_bytes()
+    assert pq.read_table(fast).num_rows == 300
+
+
+def test_empty_split(tmp_path: Path) -> None:
+    src = tmp_path / "test.jsonl"
+    src.write_text("")
+    dc.write_parquet(tmp_path / "test.parquet", src)
+    assert pq.read_table(tmp_path / "test.parquet").num_rows == 0
