@@ -167,7 +167,7 @@ _NON_DIGIT = re.compile(r"\D+")
 # re.IGNORECASE matches "i" with "İ" (U+0130) and "ı" (U+0131), which casefold() keeps apart; these
 # are the only such pairs in Unicode (checked against re's own case table), so they are folded first.
 _I_FIX = {0x130: "i", 0x131: "i"}
-_MIN_WORD = 3  # shorter term tokens are not searched (they would hit everywhere): assumed present
+_MIN_WORD = 4  # shorter term tokens (but a key) are not searched (they hit everywhere): assumed present
 _LETTER_EDGE_KINDS = frozenset({"NAME", "CITY", "ADDRESS"})  # IdentifierSet: letter boundaries
 
 
@@ -195,8 +195,8 @@ class LeakScanner:
     text may go on where IdentifierSet's boundaries allow it: digits after "Kuhn96" ("Kuhn961" is a
     NAME hit: its boundaries are letters only), a non-ASCII letter or digit next to an IDENTIFIER
     (its boundaries are ASCII letters and digits), so those end tokens need only occur, touching
-    anything on that side. Tokens shorter than 3 characters are not searched (assumed present)
-    unless they are all a term has. Phones: their last 7 digits in the text's digits, any separators.
+    anything on that side. Tokens shorter than 4 characters are not searched (assumed present)
+    unless one is the longest a term has. Phones: their last 7 digits in the text's digits, any separators.
     """
 
     def __init__(self, identifiers: Any) -> None:
