@@ -195,8 +195,10 @@ class LeakScanner:
     text may go on where IdentifierSet's boundaries allow it: digits after "Kuhn96" ("Kuhn961" is a
     NAME hit: its boundaries are letters only), a non-ASCII letter or digit next to an IDENTIFIER
     (its boundaries are ASCII letters and digits), so those end tokens need only occur, touching
-    anything on that side. Tokens shorter than 4 characters are not searched (assumed present)
-    unless one is the longest a term has. Phones: their last 7 digits in the text's digits, any separators.
+    anything on that side. Tokens shorter than 4 characters are not searched (assumed present),
+    but for a term's longest; a term with no longer token is searched whole when it is one word
+    (a UUID: "a139cfa5-0cb8-..."; its folded text must occur as is), by its three longest tokens
+    otherwise (its key alone would make it a candidate in most texts). Phones: their last 7 digits in the text's digits, any separators.
     """
 
     def __init__(self, identifiers: Any) -> None:
@@ -229,8 +231,16 @@ class LeakScanner:
                     if kind not in _LETTER_EDGE_KINDS or tok[0].isdecimal():
                         side |= (1 if i == 0 else 0) | (2 if i == len(toks) - 1 else 0)
                     need[(tok, side)] = None
-                key = max(need, key=lambda t: len(t[0]))
-                need_set = frozenset(t for t in need if len(t[0]) >= _MIN_WORD or t == key)
+                by_length = sorted(need, key=lambda t: -len(t[0]))  # stable: the first longest is the key
+                key = by_length[0]
+                searched = [t for t in by_length if len(t[0]) >= _MIN_WORD]
+                if not searched and not any(c.isspace() for c in value):
+                    # Short tokens only, one word (a UUID: "01ff6f95-9cc2-..."): the whole term,
+                    # folded, must occur as is (touching anything on either side).
+                    key = (_fold(value), 3)
+                elif not searched:
+                    searched = [t for t in by_length if len(t[0]) >= 3][:3]
+                need_set = frozenset([key, *searched])
                 for word, _ in need_set:
                     words.add_word(word, word)
                 self._by_token.setdefault(key, []).append((kind, value, need_set))

@@ -19,7 +19,8 @@ def _ids() -> IdentifierSet:
         ("PHONE", "555-201-7788"), ("PHONE", "(617) 555-0101"), ("IDENTIFIER", "999-94-5397"),
         ("IDENTIFIER", "AB-12"), ("IDENTIFIER", "X62322185X"), ("EMAIL", "ann.lee@example.com"),
         ("BIRTH_DATE", "1987-11-19"), ("NAME", "CAMBRIDGE HEALTH ALLIANCE"), ("NAME", "Ilse"),
-        ("NAME", "İpek"), ("CITY", "12 Oaks"),
+        ("NAME", "İpek"), ("CITY", "12 Oaks"), ("IDENTIFIER", "01ff6f95-9cc2-51c7-90aa-54bb4a0a6a57"),
+        ("IDENTIFIER", "A139cfa5-0cb8-50ee-abb3-7e0b615da1d7"), ("NAME", "Li Wu Al"),
     ]:
         ids.add(kind, value)
     return ids
@@ -37,6 +38,9 @@ TEXTS = [
     "Ⅻann", "ǅann ǅ", "ﬁann", "Kuhn961", "willena2580 kuhn96", "éX62322185X", "X62322185Xé", "١999-94-5397",
     "999-94-5397١", "ab-12é", "ılse", "İLSE", "ipek", "İpek", "i̇pek", "312 oaks", "12 oaksy", "902101", "021019",
     "ann.lee@example.com.au", "xann.lee@example.com", "2ann", "ann2", "Straße", "STRAẞE",
+    "id 01FF6F95-9CC2-51C7-90AA-54BB4A0A6A57.", "x01ff6f95-9cc2-51c7-90aa-54bb4a0a6a57", "01ff6f95-9cc2-51c7-90aa-54bb4a0a6a579",
+    "01ff6f95 9cc2-51c7-90aa-54bb4a0a6a57", "éa139cfa5-0cb8-50ee-abb3-7e0b615da1d7é", "a139cfa5-0cb8-50ee-abb3-7e0b615da1d",
+    "li wu al", "li  wu\nal", "Li Wu", "wu al",
 ]
 
 
