@@ -41,7 +41,7 @@ from .record import ParseStats, PatientRecord
 
 log = logging.getLogger(__name__)
 
-__all__ = ["BadLine", "BulkError", "BulkReader", "PatientLines", "PatientResources", "decode_line",
+__all__ = ["BadLine", "BulkError", "BulkReader", "PatientLines", "PatientResources", "decode_fields", "decode_line",
            "iter_patients", "iter_resources", "line_reference_displays", "line_references",
            "lines_reference_displays"]
 
@@ -128,6 +128,27 @@ def decode_line(line: bytes) -> Any:
         except (_msgspec.DecodeError, _msgspec.ValidationError):
             pass
     return json.loads(line)
+
+
+_FIELD_DECODERS: dict[tuple[str, ...], Any] = {}
+
+
+def decode_fields(line: bytes, fields: tuple[str, ...]) -> dict[str, Any]:
+    """Only the top-level members `fields` of a line holding a JSON object (those present, as
+    `json.loads` would give them); with msgspec the rest is skipped without being built."""
+    if _msgspec is not None:
+        dec = _FIELD_DECODERS.get(fields)
+        if dec is None:
+            struct = _msgspec.defstruct("Fields", [(f, Any, None) for f in fields])
+            dec = _FIELD_DECODERS[fields] = (_msgspec.json.Decoder(struct), fields)
+        try:
+            obj = dec[0].decode(line)
+        except (_msgspec.DecodeError, _msgspec.ValidationError):
+            pass
+        else:
+            return {f: v for f in fields if (v := getattr(obj, f)) is not None}
+    full = decode_line(line)
+    return {f: full[f] for f in fields if full.get(f) is not None}
 
 
 def _head(line: bytes) -> dict[str, Any] | Any:

@@ -442,10 +442,13 @@ def decode_used(lines: Sequence[tuple[str, Any]], cap: int | None) -> _Decoded:
     Lines of types outside BUILD_TYPES are not decoded: `_plan` reads only their reference
     displays. With a cap, a DocumentReference or Observation is used only if it names a kept
     encounter, so a line that does not contain a kept encounter's id is not decoded (an id is
-    [A-Za-z0-9-.]{1,64}, so it appears as is in the line; a line with a \\u escape is decoded).
-    The result equals `_plan`'s reading of `iter_patients`'s `raw` (tested).
+    [A-Za-z0-9-.]{1,64}, so it appears as is in the line; a line with a \\u escape is decoded);
+    an Encounter not kept is read for its id and period only (what `_plan` counts and sorts), and
+    a MedicationRequest authored after the last kept encounter (`_plan`'s horizon) is left out.
+    The result is what `_plan` reads of `iter_patients`'s `raw`, and gives the same plan (tested).
     """
-    from fhir_adapter.bulk import _reference_pairs, decode_line, lines_reference_displays
+    from fhir_adapter.bulk import _reference_pairs, decode_fields, decode_line, lines_reference_displays
+    from fhir_adapter.extract import to_datetime
 
     def dec(value: Any) -> Any:
         return value if isinstance(value, dict) else decode_line(value)
@@ -459,16 +462,36 @@ def decode_used(lines: Sequence[tuple[str, Any]], cap: int | None) -> _Decoded:
                 _reference_pairs(value, displays)
             else:
                 other.append(value)
+        elif cap is not None and rtype in _PARTIAL_FIELDS and not isinstance(value, dict):
+            decoded[i] = _Partial(decode_fields(value, _PARTIAL_FIELDS[rtype]))  # decoded later if used
         elif rtype not in _BY_ENCOUNTER or cap is None:
             decoded[i] = dec(value)
     displays += lines_reference_displays(other)
     if cap is not None:
-        kept = [e["id"].encode() for e in _kept_encounters((r for r in decoded if r is not None
-                                                              and r.get("resourceType") == "Encounter"), cap)]
+        kept_encounters = _kept_encounters((r for r in decoded if r is not None and r.get("resourceType") == "Encounter"), cap)
+        kept = [e["id"].encode() for e in kept_encounters]
         for i, (rtype, value) in enumerate(lines):
             if rtype in _BY_ENCOUNTER and (isinstance(value, dict) or b"\\u" in value or any(k in value for k in kept)):
                 decoded[i] = dec(value)
+            elif rtype == "Encounter" and isinstance(decoded[i], _Partial) and any(decoded[i] is e for e in kept_encounters):
+                decoded[i] = dec(value)
+        # With a cap, a MedicationRequest authored after the last kept encounter is never used.
+        starts = [t for e in kept_encounters if (t := to_datetime((e.get("period") or {}).get("start")))]
+        horizon = max(starts) if starts else None
+        for i, (rtype, value) in enumerate(lines):
+            if isinstance(decoded[i], _Partial):
+                if rtype == "Encounter":
+                    continue  # not kept: `_plan` reads only its id and period (to count and sort)
+                when = to_datetime(decoded[i].get("authoredOn") or None)  # as `_plan`'s needed()
+                decoded[i] = None if horizon is not None and when is not None and when > horizon else dec(value)
     return _Decoded([r for r in decoded if r is not None], displays)
+
+
+class _Partial(dict):
+    """Only some top-level members of a resource (`decode_fields`)."""
+
+
+_PARTIAL_FIELDS = {"Encounter": ("resourceType", "id", "period"), "MedicationRequest": ("authoredOn",)}
 
 
 def _ref_id(ref: Any, rtype: str) -> str | None:
