@@ -1302,8 +1302,12 @@ def build(cfg: BuildConfig, *, echo: Callable[[str], None] | None = None) -> Bui
         return BuildResult(cfg.output, manifest, time.monotonic() - t0, merged=False, timings=timings)
 
     t_merge = time.monotonic()
-    manifest, audit = merge(cfg, sorted(set(pseudonyms)), inputs, fingerprint, bad_lines, identifiers,
-                            encounters_total=None)
+    gc.freeze()  # the loaded models again out of the collector's way while the merge allocates
+    try:
+        manifest, audit = merge(cfg, sorted(set(pseudonyms)), inputs, fingerprint, bad_lines, identifiers,
+                                encounters_total=None)
+    finally:
+        gc.unfreeze()
     manifest["counts"]["built_now"] = todo_total
     timings["merge"] = time.monotonic() - t_merge
     return BuildResult(cfg.output, manifest, time.monotonic() - t0, merged=True, timings=timings)
