@@ -168,7 +168,8 @@ def _head(line: bytes) -> dict[str, Any] | Any:
 # quote before it follows `{` or `,` (and JSON whitespace): inside a string that quote would be
 # escaped, and a string cannot be followed by `reference"`. So the matches are exactly the string
 # `reference` members of every object of the line, which is what `_references` collects (a line
-# with a \u escape, which could spell the key, is decoded and walked instead).
+# with a \u00XX escape, an ASCII character written escaped that could spell the key, is decoded
+# and walked instead).
 _REF = re.compile(rb'"reference"\s*:\s*"([^"\\]*(?:\\.[^"\\]*)*)"')
 _MEMBER_REF = re.compile(rb'[{,]\s*"reference"\s*:\s*"([^"\\]*(?:\\.[^"\\]*)*)"')
 _WS = frozenset(b" \t\r\n")
@@ -182,9 +183,9 @@ def line_references(line: bytes, out: set[str]) -> None:
 def lines_references(lines: list[bytes], out: set[str]) -> None:
     """`line_references` of each line (valid JSON, each one object), in one pass."""
     blob = b"\n".join(lines)  # a line starts with `{`: no match reaches into the one before
-    if b"\\u" in blob:
+    if b"\\u00" in blob:
         for line in lines:
-            if b"\\u" in line:
+            if b"\\u00" in line:
                 _references(decode_line(line), out)
             else:
                 lines_references([line], out)
@@ -208,7 +209,7 @@ def line_reference_displays(line: bytes) -> list[tuple[str, str]] | None:
     `display`, without decoding, when the line's references are all written `{"reference": R}` or
     `{"reference": R, "display": D}` (as Synthea and most servers write them); None otherwise (the
     caller decodes the line). The line must be valid JSON."""
-    if b"\\u" in line:
+    if b"\\u00" in line:
         return None
     pairs: list[tuple[str, str]] = []
     for m in _REF.finditer(line):
@@ -234,7 +235,7 @@ def lines_reference_displays(lines: list[bytes]) -> list[tuple[str, str]]:
     plainly written (each `_SIMPLE_REF` match holds one reference member, so equal counts mean
     all of them are), line by line otherwise; a line it cannot read is decoded."""
     blob = b"\n".join(lines)
-    if b"\\u" not in blob and b'\\"reference"' not in blob:
+    if b"\\u00" not in blob and b'\\"reference"' not in blob:
         simple = _SIMPLE_REF.findall(blob)
         if len(simple) == len(_REF.findall(blob)):
             return [(_unescape(r), _unescape(d)) for r, has, d in simple if has]

@@ -442,7 +442,7 @@ def decode_used(lines: Sequence[tuple[str, Any]], cap: int | None) -> _Decoded:
     Lines of types outside BUILD_TYPES are not decoded: `_plan` reads only their reference
     displays. With a cap, a DocumentReference or Observation is used only if it names a kept
     encounter, so a line that does not contain a kept encounter's id is not decoded (an id is
-    [A-Za-z0-9-.]{1,64}, so it appears as is in the line; a line with a \\u escape is decoded);
+    [A-Za-z0-9-.]{1,64}, so it appears as is in the line; a line with a \\u00XX escape is decoded);
     an Encounter not kept is read for its id and period only (what `_plan` counts and sorts), and
     a MedicationRequest authored after the last kept encounter (`_plan`'s horizon) is left out.
     The result is what `_plan` reads of `iter_patients`'s `raw`, and gives the same plan (tested).
@@ -471,7 +471,7 @@ def decode_used(lines: Sequence[tuple[str, Any]], cap: int | None) -> _Decoded:
         kept_encounters = _kept_encounters((r for r in decoded if r is not None and r.get("resourceType") == "Encounter"), cap)
         kept = [e["id"].encode() for e in kept_encounters]
         for i, (rtype, value) in enumerate(lines):
-            if rtype in _BY_ENCOUNTER and (isinstance(value, dict) or b"\\u" in value or any(k in value for k in kept)):
+            if rtype in _BY_ENCOUNTER and (isinstance(value, dict) or b"\\u00" in value or any(k in value for k in kept)):
                 decoded[i] = dec(value)
             elif rtype == "Encounter" and isinstance(decoded[i], _Partial) and any(decoded[i] is e for e in kept_encounters):
                 decoded[i] = dec(value)

@@ -53,3 +53,12 @@ def test_line_references_equal_the_decoded_walk(res, indent) -> None:
         got: set[str] = set()
         line_references(line, got)
         assert got == want
+
+
+def test_line_references_with_an_escaped_key() -> None:
+    line = b'{"resourceType":"X","a":{"r\\u0065ference":"Practitioner/5","display":"D"},"b":{"reference":"Patient/6"}}'
+    want: set[str] = set()
+    _references(decode_line(line), want)
+    got: set[str] = set()
+    line_references(line, got)
+    assert got == want == {"Practitioner/5", "Patient/6"}
