@@ -159,8 +159,9 @@ def _head(line: bytes) -> dict[str, Any] | Any:
             h = _HEAD.decode(line)
         except (_msgspec.DecodeError, _msgspec.ValidationError):
             pass
-        else:
-            return {k: v for k in _Head.__struct_fields__ if (v := getattr(h, k)) is not None}
+        else:  # absent and null members read the same (`.get` gives None)
+            return {"resourceType": h.resourceType, "id": h.id, "subject": h.subject, "patient": h.patient,
+                    "beneficiary": h.beneficiary, "identifier": h.identifier}
     return json.loads(line)
 
 
@@ -504,7 +505,10 @@ class BulkReader:
                 packed = (idx << _OFFSET_BITS) | position
                 pid = _patient_of(res)
                 if pid is not None:
-                    index.setdefault(pid, array("Q")).append(packed)
+                    positions = index.get(pid)
+                    if positions is None:
+                        positions = index[pid] = array("Q")
+                    positions.append(packed)
                 elif res["resourceType"] in SHARED_TYPES:
                     for key in _shared_keys(res):
                         self._shared.setdefault(key, packed)
