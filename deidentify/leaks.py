@@ -72,6 +72,9 @@ def _name_variants(name: str) -> set[str]:
     return {v for v in out if len(v) >= MIN_NAME}
 
 
+_PHONE_SEP = re.compile(r"[\s().\-+]+")  # what a PHONE pattern allows between its digits
+
+
 def _digits(s: str) -> str:
     return re.sub(r"\D", "", s)
 
@@ -81,7 +84,7 @@ class IdentifierSet:
     """Known identifiers by type: NAME, ADDRESS, CITY, ZIP, PHONE, EMAIL, IDENTIFIER, BIRTH_DATE."""
 
     terms: dict[str, set[str]] = field(default_factory=dict)
-    _compiled: list[tuple[str, re.Pattern[str]]] | None = field(default=None, repr=False)
+    _compiled: list[tuple[str, str, tuple[str, ...] | None]] | None = field(default=None, repr=False)
 
     # --- building ------------------------------------------------------------------------
 
@@ -206,14 +209,20 @@ class IdentifierSet:
 
     # --- matching ------------------------------------------------------------------------
 
-    def _patterns(self) -> list[tuple[str, re.Pattern[str]]]:
+    def _patterns(self) -> list[tuple[str, str, tuple[str, ...] | None]]:
+        """Per kind: its regex (source; compiled only when a text may match, case-insensitive),
+        and the probes that an ASCII text must contain for it to match (lower-cased: each term's
+        longest word, or a phone's digits), None where a term is not ASCII (Unicode case folding
+        is left to the regex)."""
         if self._compiled is not None:
             return self._compiled
-        out: list[tuple[str, re.Pattern[str]]] = []
+        out: list[tuple[str, str, tuple[str, ...] | None]] = []
         for kind, values in sorted(self.terms.items()):
             if not values:
                 continue
             ordered = sorted(values, key=len, reverse=True)
+            probes = (tuple({max(v.lower().split(), key=len) for v in values})
+                      if all(v.isascii() for v in values) else None)
             if kind == "PHONE":
                 sep = r"[\s().\-+]*"
                 alts = [sep.join(d) for d in ordered]
@@ -225,7 +234,7 @@ class IdentifierSet:
                     pat = rf"(?<![^\W\d_])(?:{'|'.join(alts)})(?![^\W\d_])"
                 else:
                     pat = rf"(?<![A-Za-z0-9])(?:{'|'.join(alts)})(?![A-Za-z0-9])"
-            out.append((kind, re.compile(pat, re.IGNORECASE)))
+            out.append((kind, pat, probes))
         self._compiled = out
         return out
 
@@ -233,8 +242,20 @@ class IdentifierSet:
         found: Counter[str] = Counter()
         if not text:
             return found
-        for kind, pattern in self._patterns():
-            n = sum(1 for _ in pattern.finditer(text))
+        # Plain substring probes first (C speed): a kind none of whose probes is in the text
+        # cannot match, and most records contain no identifier at all.
+        lowered = text.lower() if text.isascii() else None
+        joined: str | None = None  # the text without phone separators
+        for kind, pattern, probes in self._patterns():
+            if probes is not None and lowered is not None:
+                if kind == "PHONE":
+                    joined = _PHONE_SEP.sub("", lowered) if joined is None else joined
+                    hay = joined
+                else:
+                    hay = lowered
+                if not any(p in hay for p in probes):
+                    continue
+            n = sum(1 for _ in re.compile(pattern, re.IGNORECASE).finditer(text))  # re caches compiles
             if n:
                 found[kind] += n
         return found

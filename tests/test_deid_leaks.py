@@ -1,6 +1,8 @@
 """Leak check: known identifiers found by type, with boundaries, never echoing values."""
 from __future__ import annotations
 
+import re
+
 from datetime import date
 
 import pytest
@@ -118,3 +120,41 @@ def test_organization_words_are_not_identifiers_on_their_own() -> None:
     assert not find_leaks("Seen at urgent care; clinic follow-up.", ids)
     assert find_leaks("Seen at Harbor Urgent Care Clinic", ids)
     assert find_leaks("Spoke with Quill today", ids)  # a person's family name alone still counts
+
+
+def _regex_only(ids: IdentifierSet, text: str) -> dict[str, int]:
+    """The reference: every kind's regex over the text, no substring probes."""
+    counts = {kind: sum(1 for _ in re.compile(source, re.IGNORECASE).finditer(text))
+              for kind, source, _ in ids._patterns()}
+    return {k: n for k, n in counts.items() if n}
+
+
+def test_substring_probes_never_change_what_is_found() -> None:
+    import random
+
+    ascii_ids = IdentifierSet.from_identity(IDENT)
+    ids = IdentifierSet.from_identity(IDENT)
+    ids.add("NAME", "Joſé Ærøe")  # non-ASCII terms: that kind goes to the regex unprobed
+    assert dict((k, p) for k, _, p in ids._patterns())["NAME"] is None
+    assert all(p for _, _, p in ascii_ids._patterns())
+    terms = [t for values in ids.terms.values() for t in values]
+    rng = random.Random(7)
+    fillers = ["Pt seen today.", "BP 120/80", "Kelvin \u212a", "İstanbul", "ſ", "call 555", "(", ")", "-",
+               "no identifiers here", "1", "+", "\t", "x"]
+    texts = []
+    for _ in range(600):
+        parts = [rng.choice(fillers) for _ in range(rng.randint(0, 4))]
+        if rng.random() < 0.6:
+            term = rng.choice(terms)
+            if rng.random() < 0.5:
+                term = "".join(c.upper() if rng.random() < 0.5 else c.lower() for c in term)
+            if term.isdigit() and rng.random() < 0.7:  # a phone written with separators
+                term = "".join(c + rng.choice(["", " ", "-", ".", ") ("]) for c in term)
+            parts.insert(rng.randint(0, len(parts)), term)
+        texts.append(rng.choice(["", " ", "\n", "x"]).join(parts))
+    hits = 0
+    for text in texts:
+        for one in (ids, ascii_ids):
+            assert dict(one.find(text)) == _regex_only(one, text), text
+        hits += bool(_regex_only(ascii_ids, text))
+    assert hits > 200  # the texts do hit, across kinds
