@@ -134,12 +134,18 @@ def _trim(text: str, limit: int) -> str:
 
 def _concept(codings: Iterable[Coding], text: str | None) -> str:
     """A readable name: free text (already scrubbed), else a coding's display, else its code."""
-    codings = tuple(codings)
-    if _one_line(text):
-        return _one_line(text)
+    return _concept_of(tuple(codings), text)
+
+
+@functools.lru_cache(maxsize=8192)  # a dataset lists the same history entries in every example
+def _concept_of(codings: tuple[Coding, ...], text: str | None) -> str:
+    line = _one_line(text)
+    if line:
+        return line
     for coding in codings:
-        if _one_line(coding.display):
-            return _one_line(coding.display)
+        line = _one_line(coding.display)
+        if line:
+            return line
     for coding in codings:
         if coding.code:
             return f"code {coding.code}"
