@@ -329,6 +329,7 @@ class ReportService:
         self._versions_warned = False
         self._inflight: dict[str, Future[dict[str, Any]]] = {}
         self._lock = threading.Lock()
+        self._thread_state = threading.local()  # each request thread's result pub/sub connection
         if not self.enabled:
             return
         if self.engine_config is None:
@@ -516,7 +517,7 @@ class ReportService:
         on Redis it drains pub/sub in 1 s slices and can overrun a sub-second timeout by a second.
         """
         backend = self._celery.backend
-        pubsub = _subscribe(backend, task_id)
+        pubsub = self._subscribe(backend, task_id)
         pause = 0.001
         try:
             while True:
@@ -538,11 +539,46 @@ class ReportService:
                         pubsub.get_message(timeout=min(remaining, 0.1))
                         continue
                     except Exception:  # noqa: BLE001 - fall back to polling
-                        pubsub = _close_quietly(pubsub)
+                        pubsub = self._drop_pubsub()
                 time.sleep(min(pause, remaining))
                 pause = min(pause * 1.5, 0.005)
         finally:
-            _close_quietly(pubsub)
+            if pubsub is not None:
+                try:
+                    pubsub.unsubscribe(backend.get_key_for_task(task_id))
+                except Exception:  # noqa: BLE001
+                    self._drop_pubsub()
+
+    def _subscribe(self, backend: Any, task_id: str) -> Any:
+        """This thread's pub/sub connection (Redis back end), subscribed to the task's result
+        channel; None where there is none (polling then). One connection per request thread,
+        kept between requests: a connection per wait made a burst of requests reach the broker
+        spread out (a connect and handshake each, under the GIL). A message left over from an
+        earlier task only causes one more read of this task's result."""
+        client = getattr(backend, "client", None)
+        if client is None or not hasattr(client, "pubsub") or not hasattr(backend, "get_key_for_task"):
+            return None
+        tls = self._thread_state
+        if getattr(tls, "client", None) is not client:
+            self._drop_pubsub()
+            tls.pubsub, tls.client = client.pubsub(ignore_subscribe_messages=True), client
+        try:
+            # Read what earlier waits left (unsubscribe confirmations, late results) first.
+            while tls.pubsub.get_message(ignore_subscribe_messages=False, timeout=0.0) is not None:
+                pass
+            tls.pubsub.subscribe(backend.get_key_for_task(task_id))
+            return tls.pubsub
+        except Exception:  # noqa: BLE001 - polling still works
+            return self._drop_pubsub()
+
+    def _drop_pubsub(self) -> None:
+        tls = self._thread_state
+        pubsub, tls.pubsub, tls.client = getattr(tls, "pubsub", None), None, None
+        if pubsub is not None:
+            try:
+                pubsub.close()
+            except Exception:  # noqa: BLE001
+                pass
 
     def _wait_future(self, future: Future[dict[str, Any]], deadline: float, key: str | None) -> ReportOutcome:
         try:
@@ -583,27 +619,6 @@ class ReportService:
             return
         try:
             self.cache.release(key)
-        except Exception:  # noqa: BLE001
-            pass
-
-
-def _subscribe(backend: Any, task_id: str) -> Any:
-    """A pub/sub subscription to the task's result channel (Redis back end), else None."""
-    client = getattr(backend, "client", None)
-    if client is None or not hasattr(client, "pubsub") or not hasattr(backend, "get_key_for_task"):
-        return None
-    try:
-        pubsub = client.pubsub(ignore_subscribe_messages=True)
-        pubsub.subscribe(backend.get_key_for_task(task_id))
-        return pubsub
-    except Exception:  # noqa: BLE001 - polling still works
-        return None
-
-
-def _close_quietly(pubsub: Any) -> None:
-    if pubsub is not None:
-        try:
-            pubsub.close()
         except Exception:  # noqa: BLE001
             pass
 

@@ -309,10 +309,34 @@ def test_waiting_for_a_result_wakes_on_redis_publish_not_on_a_polling_timer(monk
     assert len(reads) <= 6
 
 
+def test_one_pubsub_connection_per_thread_serves_every_wait(monkeypatch):
+    service, reads = _waiting_service(monkeypatch)
+    first, second = f"wait-test-{uuid.uuid4()}", f"wait-test-{uuid.uuid4()}"
+    try:
+        _store_later(service, first, 0.05)
+        assert service._wait_task(first, time.monotonic() + 5, None).reason == "invalid"
+        pubsub = service._thread_state.pubsub
+        connection = pubsub.connection
+        service._celery.backend.mark_as_done(first, {"status": "ok"})  # a late message on the old channel
+        _store_later(service, second, 0.05)
+        started = time.monotonic()
+        assert service._wait_task(second, started + 5, None).reason == "invalid"
+        assert time.monotonic() - started < 0.1
+        assert service._thread_state.pubsub is pubsub and pubsub.connection is connection
+        client = redis.Redis.from_url(TEST_REDIS)
+        for task_id in (first, second):  # unsubscribed after each wait
+            assert client.pubsub_numsub(f"celery-task-meta-{task_id}")[0][1] == 0
+        client.close()
+    finally:
+        for task_id in (first, second):
+            service._celery.backend.forget(task_id)
+        service.close()
+
+
 def test_without_pubsub_the_wait_falls_back_to_polling_and_still_honours_the_deadline(monkeypatch):
     from model import reports
 
-    monkeypatch.setattr(reports, "_subscribe", lambda backend, task_id: None)
+    monkeypatch.setattr(reports.ReportService, "_subscribe", lambda self, backend, task_id: None)
     service, reads = _waiting_service(monkeypatch)
     task_id = f"wait-test-{uuid.uuid4()}"
     try:
