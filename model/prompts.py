@@ -19,7 +19,7 @@ from collections.abc import Iterable
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
 
-from fhir_adapter.record import Coding, VitalSign
+from fhir_adapter.record import Coding, ConditionEntry, VitalSign
 from model.report import report_json_schema
 from model.rules import RulesResult, score_record
 
@@ -178,16 +178,7 @@ def _conditions(record: DeidentifiedRecord) -> list[str]:
     conds, as_of, cached = _LAST_CONDITIONS
     if conds is record.conditions and as_of == record.as_of:
         return list(cached)
-    rows = []
-    for c in record.conditions:
-        if c.verification_status in _EXCLUDED_VERIFICATION:
-            continue
-        name = _concept(c.codings, c.text)
-        status = c.clinical_status or "status unknown"
-        onset = c.onset or c.recorded
-        inactive = status not in ("active", "recurrence", "relapse", "status unknown")
-        key = (inactive, -_aware(onset).timestamp() if onset else float("inf"), name.lower(), status)
-        rows.append((key, name, onset))
+    rows = [row for row in map(_condition_row, record.conditions) if row is not None]
     # Equal keys mean equal status and onset, so ordering by (key, name) orders the lines as
     # sorting the formatted lines did; only the lines shown are formatted.
     rows.sort(key=lambda r: (r[0], r[1]))
@@ -199,6 +190,18 @@ def _conditions(record: DeidentifiedRecord) -> list[str]:
         lines.append(f"- and {len(rows) - MAX_CONDITIONS} more")
     _LAST_CONDITIONS = (record.conditions, record.as_of, tuple(lines))
     return lines
+
+
+@functools.lru_cache(maxsize=8192)  # a dataset lists the same history entries in every example
+def _condition_row(c: ConditionEntry) -> tuple[tuple[Any, ...], str, datetime | None] | None:
+    """(sort key, name, onset) of a condition line; None for one never shown."""
+    if c.verification_status in _EXCLUDED_VERIFICATION:
+        return None
+    name = _concept(c.codings, c.text)
+    status = c.clinical_status or "status unknown"
+    onset = c.onset or c.recorded
+    inactive = status not in ("active", "recurrence", "relapse", "status unknown")
+    return (inactive, -_aware(onset).timestamp() if onset else float("inf"), name.lower(), status), name, onset
 
 
 def _medications(record: DeidentifiedRecord) -> list[str]:
