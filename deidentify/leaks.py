@@ -85,6 +85,7 @@ class IdentifierSet:
 
     terms: dict[str, set[str]] = field(default_factory=dict)
     _compiled: list[tuple[str, str, tuple[str, ...] | None]] | None = field(default=None, repr=False)
+    _regex: dict[str, re.Pattern[str]] = field(default_factory=dict, repr=False, compare=False)  # compiled on need
 
     # --- building ------------------------------------------------------------------------
 
@@ -113,11 +114,13 @@ class IdentifierSet:
             if len(text) >= minimum:
                 self.terms.setdefault(kind, set()).add(text)
         self._compiled = None
+        self._regex.clear()
 
     def update(self, other: IdentifierSet) -> IdentifierSet:
         for kind, values in other.terms.items():
             self.terms.setdefault(kind, set()).update(values)
         self._compiled = None
+        self._regex.clear()
         return self
 
     def __bool__(self) -> bool:
@@ -255,7 +258,10 @@ class IdentifierSet:
                     hay = lowered
                 if not any(p in hay for p in probes):
                     continue
-            n = sum(1 for _ in re.compile(pattern, re.IGNORECASE).finditer(text))  # re caches compiles
+            regex = self._regex.get(kind)
+            if regex is None:  # compiled on first need, kept with the set (not re's global cache)
+                regex = self._regex[kind] = re.compile(pattern, re.IGNORECASE)
+            n = sum(1 for _ in regex.finditer(text))
             if n:
                 found[kind] += n
         return found

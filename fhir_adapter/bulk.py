@@ -245,12 +245,12 @@ def lines_reference_displays(lines: list[bytes]) -> list[tuple[str, str]]:
         got = line_reference_displays(line)
         if got is None:
             got = []
-            _reference_pairs(decode_line(line), got)
+            reference_pairs(decode_line(line), got)
         pairs += got
     return pairs
 
 
-def _reference_pairs(node: Any, out: list[tuple[str, str]]) -> None:
+def reference_pairs(node: Any, out: list[tuple[str, str]]) -> None:
     """(reference, display) of every object under `node` with both as strings."""
     if isinstance(node, dict):
         ref, display = node.get("reference"), node.get("display")
@@ -258,11 +258,11 @@ def _reference_pairs(node: Any, out: list[tuple[str, str]]) -> None:
             out.append((ref, display))
         for v in node.values():
             if isinstance(v, (dict, list)):
-                _reference_pairs(v, out)
+                reference_pairs(v, out)
     elif isinstance(node, list):
         for v in node:
             if isinstance(v, (dict, list)):
-                _reference_pairs(v, out)
+                reference_pairs(v, out)
 
 
 def _patient_of(res: dict[str, Any]) -> str | None:

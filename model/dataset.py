@@ -447,7 +447,7 @@ def decode_used(lines: Sequence[tuple[str, Any]], cap: int | None) -> _Decoded:
     a MedicationRequest authored after the last kept encounter (`_plan`'s horizon) is left out.
     The result is what `_plan` reads of `iter_patients`'s `raw`, and gives the same plan (tested).
     """
-    from fhir_adapter.bulk import _reference_pairs, decode_fields, decode_line, lines_reference_displays
+    from fhir_adapter.bulk import reference_pairs, decode_fields, decode_line, lines_reference_displays
     from fhir_adapter.extract import to_datetime
 
     def dec(value: Any) -> Any:
@@ -459,7 +459,7 @@ def decode_used(lines: Sequence[tuple[str, Any]], cap: int | None) -> _Decoded:
     for i, (rtype, value) in enumerate(lines):
         if rtype not in BUILD_TYPES:
             if isinstance(value, dict):
-                _reference_pairs(value, displays)
+                reference_pairs(value, displays)
             else:
                 other.append(value)
         elif cap is not None and rtype in _PARTIAL_FIELDS and not isinstance(value, dict):
@@ -517,10 +517,10 @@ def _clinical_displays(node: Any, out: set[str], keep: set[str], pairs: Iterable
     identifier, and notes full of them fail. Facility names stay covered: the export-wide check
     searches every Organization and Location name whole. `pairs`: more (reference, display)s.
     """
-    from fhir_adapter.bulk import _reference_pairs
+    from fhir_adapter.bulk import reference_pairs
 
     found: list[tuple[str, str]] = list(pairs)
-    _reference_pairs(node, found)
+    reference_pairs(node, found)
     for ref, display in found:
         rtype = re.split(r"[/?]", ref.removeprefix("urn:uuid:"), maxsplit=1)[0]
         (keep if rtype in _PERSON_REF_TYPES or "/" not in ref and "?" not in ref else out).add(display)
@@ -1150,7 +1150,7 @@ def _owned(output: Path) -> list[Path]:
     return [output / n for n in names]
 
 
-def _prepare_output(cfg: BuildConfig) -> None:
+def prepare_output(cfg: BuildConfig) -> None:
     out = cfg.output
     if out.exists() and not out.is_dir():
         raise DatasetError(f"output {out} exists and is not a folder")
@@ -1239,7 +1239,7 @@ def build(cfg: BuildConfig, *, echo: Callable[[str], None] | None = None) -> Bui
     fingerprint = key_fingerprint(key)
     pseudonymize = _pseudonym_fn(key)
     del key
-    _prepare_output(cfg)
+    prepare_output(cfg)
     try:
         inputs = _input_files(cfg.input)
     except OSError as exc:

@@ -22,7 +22,7 @@ from typing import Any
 
 from celery import Celery
 
-from model.dataset import BuildConfig, BuildResult, DatasetError, build
+from model.dataset import BuildConfig, BuildResult, DatasetError, build, prepare_output
 from model.settings import inference_settings
 
 SHARD_TASK = "model.dataset_queue.build_shard"
@@ -99,8 +99,6 @@ def build_shard(spec: dict[str, Any]) -> dict[str, Any]:
 def build_distributed(cfg: BuildConfig, shards: int, *, app: Celery | None = None,
                       echo: Callable[[str], None] | None = None, timeout_s: float | None = None) -> BuildResult:
     """Build `cfg` as `shards` Celery tasks, then merge here (building what a failed shard left)."""
-    from model import dataset as ds
-
     if shards < 1:
         raise DatasetError("--celery takes the number of shards (>= 1)")
     if cfg.shard is not None:
@@ -117,7 +115,7 @@ def build_distributed(cfg: BuildConfig, shards: int, *, app: Celery | None = Non
         raise DatasetError(f"--celery: the broker cannot be reached ({type(exc).__name__})") from None
     if not any(q.get("name") == queue for queues in consumers.values() for q in queues):
         raise DatasetError(f"--celery: no `triage dataset worker` consumes queue {queue!r}")
-    ds._prepare_output(cfg)  # the same refusals as a local build (non-empty without --resume...)
+    prepare_output(cfg)  # the same refusals as a local build (non-empty without --resume...)
     say = echo or (lambda _line: None)
     started = time.monotonic()
     sent = [app.send_task(SHARD_TASK, args=[shard_spec(cfg, k, shards)], queue=queue) for k in range(shards)]

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from deidentify.leaks import IdentifierSet
-from fhir_adapter.bulk import BulkReader, _reference_pairs, decode_line, line_reference_displays, lines_reference_displays
+from fhir_adapter.bulk import BulkReader, reference_pairs, decode_line, line_reference_displays, lines_reference_displays
 from model import dataset as ds
 from tests.test_dataset_build import EXPORT
 
@@ -70,7 +70,7 @@ def test_reference_displays_from_bytes(obj, from_bytes) -> None:
         line = json.dumps(obj, separators=sep, ensure_ascii=False).encode()
         got = line_reference_displays(line)
         want: list = []
-        _reference_pairs(decode_line(line), want)
+        reference_pairs(decode_line(line), want)
         assert (got is not None) == from_bytes
         assert got is None or sorted(got) == sorted(want)
 
@@ -87,5 +87,5 @@ def test_reference_displays_of_many_lines() -> None:
     for chosen in (lines[:2], lines[4:], lines, lines[2:4], [lines[1].replace(b"Q", b"\\u0051")]):
         want: list = []
         for line in chosen:
-            _reference_pairs(decode_line(line), want)
+            reference_pairs(decode_line(line), want)
         assert sorted(lines_reference_displays(chosen)) == sorted(want)
