@@ -10,6 +10,7 @@ than the minimum lengths below are ignored: they would hit ordinary words.
 """
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections import Counter
 from collections.abc import Iterable, Mapping
@@ -289,4 +290,39 @@ def payload_text(payload: Any) -> str:
             parts.append(str(v))
 
     walk(payload)
+    return "\n".join(parts)
+
+
+def record_text(record: Any, skip: tuple[str, ...] = ()) -> str:
+    """`payload_text` of a dataclass record's JSON payload (dates as ISO strings, tuples as lists),
+    read off the dataclass itself: the same text without `asdict` and a JSON round trip. Fields
+    named in `skip` are left out at the top level."""
+    parts: list[str] = []
+
+    def walk(v: Any) -> None:
+        if isinstance(v, str):
+            parts.append(v)
+        elif isinstance(v, bool) or v is None:
+            pass
+        elif isinstance(v, int):
+            parts.append(int.__repr__(v))  # what json writes, then str() of what it reads back
+        elif isinstance(v, float):
+            parts.append(float.__repr__(v))
+        elif isinstance(v, date):  # datetimes too
+            parts.append(v.isoformat())
+        elif isinstance(v, Mapping):
+            for x in v.values():
+                walk(x)
+        elif isinstance(v, (list, tuple)):
+            for x in v:
+                walk(x)
+        elif dataclasses.is_dataclass(v):
+            for f in dataclasses.fields(v):
+                walk(getattr(v, f.name))
+        else:
+            raise TypeError(f"cannot encode {type(v).__name__}")
+
+    for f in dataclasses.fields(record):
+        if f.name not in skip:
+            walk(getattr(record, f.name))
     return "\n".join(parts)

@@ -19,7 +19,7 @@ from typing import Any, Protocol
 
 from fhir_adapter.record import Coding, Identity, PatientRecord
 
-from .leaks import IdentifierSet, LeakDetected, find_leaks, payload_text
+from .leaks import IdentifierSet, LeakDetected, find_leaks, record_text
 from .pseudonym import Pseudonymizer
 from .record import DeidentifiedRecord, _mint
 
@@ -268,8 +268,7 @@ def deidentify_record(
 
 def check_record(record: DeidentifiedRecord, identity: Identity) -> None:
     """Fail closed: raise `LeakDetected` if any of the identity's identifiers is in the payload."""
-    payload = record.to_payload()
-    payload.pop("removed", None)  # counts by type name only
-    hits = find_leaks(payload_text(payload), _leak_terms(identity))
+    # The payload's text (`payload_text(record.to_payload())`), "removed" left out: counts by type name only.
+    hits = find_leaks(record_text(record, skip=("_mint", "removed")), _leak_terms(identity))
     if hits:
         raise LeakDetected(hits)

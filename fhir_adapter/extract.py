@@ -434,12 +434,15 @@ def record_from_resources(
     encounter_id: str | None = None,
     history_only: bool = False,
     stats: ParseStats | None = None,
+    identity: Identity | None = None,
 ) -> PatientRecord:
     """A PatientRecord from a flat list of resources (parsed models or raw dicts).
 
     `patient_id` picks the Patient (default: the only/first one). `encounter_id` names the current
     encounter. With `history_only`, entries dated after `as_of` are left out (dataset building:
     the record as it stood at an encounter); the hook keeps everything, since EHR clocks drift.
+    `identity`: one the caller already built from a superset of these resources (a dataset's
+    per-visit records), used as is instead of walking every reference again.
     """
     counter = StatsCounter()
     if stats is not None:
@@ -495,11 +498,12 @@ def record_from_resources(
     for doc in docs:
         notes.extend(_document_texts(doc))
 
-    displays: list[str] = []
-    for res in models:
-        _reference_displays(res, displays)
-    others = [r for t in ("RelatedPerson", "Practitioner", "Organization") for r in by_type.get(t, ())]
-    identity = _identity(patient, others, displays)
+    if identity is None:
+        displays: list[str] = []
+        for res in models:
+            _reference_displays(res, displays)
+        others = [r for t in ("RelatedPerson", "Practitioner", "Organization") for r in by_type.get(t, ())]
+        identity = _identity(patient, others, displays)
     return PatientRecord(
         identity=identity, birth_date=identity.birth_date, sex=patient.gender, as_of=as_of,
         conditions=conditions, vitals=vitals, allergies=allergies, medications=medications,

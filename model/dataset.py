@@ -833,6 +833,13 @@ def _plan(raw: list[dict[str, Any]], shared_raw: list[dict[str, Any]], state: _W
         {"resourceType": "Patient", "id": pid, "birthDate": patient_model.birthDate, "gender": patient_model.gender})
     enc_models = {m.id: m for m in by_type.get("Encounter", ())}
     cond_keys = [(tuple((x.system, x.code) for x in c.codings), c.onset, c.recorded) for c in base.conditions]
+    # Per condition, once (not once per encounter): (its encounter, abatement, when, diagnosis name).
+    cond_rows = [
+        (*cond_info.get(key, (None, None)), c.onset or c.recorded,
+         None if c.verification_status in ("refuted", "entered-in-error")
+         else next((x.display for x in c.codings if x.display), None) or c.text)
+        for key, c in zip(cond_keys, base.conditions)
+    ]
     allergy_seen = [allergy_dates.get(tuple((x.system, x.code) for x in a.codings)) for a in base.allergies]
 
     visits: list[_Visit] = []
@@ -848,15 +855,11 @@ def _plan(raw: list[dict[str, Any]], shared_raw: list[dict[str, Any]], state: _W
         # The encounter's diagnoses (target) and the history before it (input).
         diagnoses: list[str] = []
         history: list[tuple[int, str]] = []
-        for i, c in enumerate(base.conditions):
-            enc_ref, abated = cond_info.get(cond_keys[i], (None, None))
+        for i, (enc_ref, abated, when, name) in enumerate(cond_rows):
             if enc_ref == eid:
-                if c.verification_status not in ("refuted", "entered-in-error"):
-                    name = next((x.display for x in c.codings if x.display), None) or c.text
-                    if name and name not in diagnoses:
-                        diagnoses.append(name)
+                if name and name not in diagnoses:
+                    diagnoses.append(name)
                 continue
-            when = c.onset or c.recorded
             if when is None or when >= start:
                 continue
             history.append((i, "resolved" if abated is not None and abated <= start else "active"))
@@ -876,7 +879,7 @@ def _plan(raw: list[dict[str, Any]], shared_raw: list[dict[str, Any]], state: _W
         level, source = _label(enc, cfg.class_acuity)
         try:
             visit = record_from_resources([visit_patient, enc_models[eid], *obs_by_enc.get(eid, ())], pid, start,
-                                          encounter_id=eid, history_only=True)
+                                          encounter_id=eid, history_only=True, identity=identity)
         except RecordError:
             drops["invalid_encounter"] += 1
             continue

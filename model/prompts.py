@@ -178,7 +178,7 @@ def _conditions(record: DeidentifiedRecord) -> list[str]:
     conds, as_of, cached = _LAST_CONDITIONS
     if conds is record.conditions and as_of == record.as_of:
         return list(cached)
-    rows = [row for row in map(_condition_row, record.conditions) if row is not None]
+    rows = [row for row in map(_row_of, record.conditions) if row is not None]
     # Equal keys mean equal status and onset, so ordering by (key, name) orders the lines as
     # sorting the formatted lines did; only the lines shown are formatted.
     rows.sort(key=lambda r: (r[0], r[1]))
@@ -192,7 +192,24 @@ def _conditions(record: DeidentifiedRecord) -> list[str]:
     return lines
 
 
-@functools.lru_cache(maxsize=8192)  # a dataset lists the same history entries in every example
+# A dataset shows the same (immutable) history entry objects in every example of a patient:
+# rows are remembered by identity, which is far cheaper than hashing a ConditionEntry's fields.
+# The cache holds each entry, so its id is not reused while remembered.
+_ROWS: dict[int, tuple[ConditionEntry, Any]] = {}
+_ROWS_MAX = 8192
+
+
+def _row_of(c: ConditionEntry) -> tuple[tuple[Any, ...], str, datetime | None] | None:
+    hit = _ROWS.get(id(c))
+    if hit is not None and hit[0] is c:
+        return hit[1]
+    row = _condition_row(c)
+    if len(_ROWS) >= _ROWS_MAX:
+        _ROWS.clear()  # bounded memory
+    _ROWS[id(c)] = (c, row)
+    return row
+
+
 def _condition_row(c: ConditionEntry) -> tuple[tuple[Any, ...], str, datetime | None] | None:
     """(sort key, name, onset) of a condition line; None for one never shown."""
     if c.verification_status in _EXCLUDED_VERIFICATION:
