@@ -1531,7 +1531,13 @@ def iter_file_parts(path: Path) -> Iterator[list[str]]:
 
 
 def _iter_file_rows(path: Path) -> Iterator[list[list[str]]]:
-    """Per row (JSONL line, Parquet row; a whole file otherwise) the texts a reader would see."""
+    """Per row (JSONL line, Parquet row; a whole file otherwise) the texts a reader would see.
+
+    A JSONL line that decodes is searched as its decoded strings only. Written with
+    ensure_ascii=False, the raw line is those strings with `"`, `\\` and control characters escaped,
+    between our fixed keys: every identifier in it is in the decoded strings too, and the only
+    extra matches the raw line gave were made of escape letters ("\\nancy"). Searching both
+    doubled the work. A line that does not decode is searched raw."""
     if path.suffix == ".parquet":
         import pyarrow.parquet as pq
 
@@ -1542,10 +1548,10 @@ def _iter_file_rows(path: Path) -> Iterator[list[list[str]]]:
     with open(path, encoding="utf-8", errors="replace") as fh:
         if path.suffix == ".jsonl":
             for line in fh:
-                texts = [[line]]
-                with contextlib.suppress(ValueError):
-                    texts.append(json_parts(json.loads(line)))
-                yield texts
+                try:
+                    yield [json_parts(json.loads(line))]
+                except ValueError:
+                    yield [[line]]
         else:
             text = fh.read()
             texts = [[text]]

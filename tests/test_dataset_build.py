@@ -511,10 +511,17 @@ def test_find_parts_is_find_on_the_joined_text_and_scan_reads_every_file(tmp_pat
     chat, seed = tmp_path / "train.jsonl", tmp_path / "seed" / "train.jsonl"
     chat.write_text("".join(json.dumps(r) + "\n" for r in rows))
     seed.write_text("".join(json.dumps({"id": r["id"], "text": "x"}) + "\n" for r in rows[:3]) + "call 555 201 7788\n")
-    assert scan_outputs([chat, seed], LeakScanner(ids)) == {"NAME": 2, "PHONE": 1}  # raw line + decoded; raw text
+    # A decoded line is searched once (its strings); a line that does not decode, raw.
+    assert scan_outputs([chat, seed], LeakScanner(ids)) == {"NAME": 1, "PHONE": 1}
     other = tmp_path / "test.jsonl"
     other.write_text(json.dumps({"t": "Willena258\nKuhn96"}) + "\n")  # only the decoded text has the name
-    assert scan_outputs([chat, other, seed], LeakScanner(ids)) == {"NAME": 3, "PHONE": 1}
+    assert scan_outputs([chat, other, seed], LeakScanner(ids)) == {"NAME": 2, "PHONE": 1}
+    # Escapes do not hide a name from the search: a quote inside it, non-ASCII, a tab next to it.
+    ids.add("NAME", 'Jo "Bo" Kuhn96')
+    tricky = tmp_path / "validation.jsonl"
+    tricky.write_text("".join(json.dumps(r, ensure_ascii=a) + "\n" for r, a in [
+        ({"t": 'seen: Jo "Bo" Kuhn96.'}, False), ({"t": "Zoë\tWillena258 Kuhn96\x01"}, True)]))
+    assert scan_outputs([tricky], LeakScanner(ids)) == {"NAME": 2}
 
 
 def test_build_freezes_the_loaded_models_only_while_it_runs(tmp_path: Path, key_file: Path, monkeypatch: pytest.MonkeyPatch) -> None:
