@@ -288,6 +288,41 @@ def _reference_displays(node: Any, out: list[str], field_name: str | None = None
                 _reference_displays(item, out, field_name)
 
 
+# Coding members: a dict with one of these and a display is a Coding, whose display is terminology.
+_CODING_KEYS = frozenset({"system", "code", "version", "userSelected"})
+
+
+def raw_reference_displays(node: Any, out: list[str], field_name: str | None = None) -> None:
+    """`_reference_displays` of a resource not validated (its JSON): the same displays, in JSON
+    order (the model walk goes in schema order). A dict with a display is a Reference unless it has
+    a Coding member; the party test is `_is_party_reference`'s, on the dict. Tested equal on every
+    resource of the test exports."""
+    if isinstance(node, Mapping):
+        display = node.get("display")
+        if isinstance(display, str) and display and not _CODING_KEYS.intersection(node) \
+                and _is_party_reference_raw(node, field_name):
+            out.append(display)
+        for key, value in node.items():
+            if isinstance(value, (Mapping, list)):
+                raw_reference_displays(value, out, key)
+    elif isinstance(node, list):
+        for item in node:
+            if isinstance(item, (Mapping, list)):
+                raw_reference_displays(item, out, field_name)
+
+
+def _is_party_reference_raw(node: Mapping[str, Any], field_name: str | None) -> bool:
+    ref = node.get("reference")
+    if isinstance(ref, str) and not ref.startswith(("urn:", "#")):
+        head = ref.split("?", 1)[0].rstrip("/").split("/")
+        rtype = head[-2] if len(head) >= 2 else head[0]
+        return rtype in _PARTY_TYPES
+    declared = node.get("type")
+    if isinstance(declared, str):
+        return declared in _PARTY_TYPES
+    return field_name in _PARTY_FIELDS
+
+
 def _identity(patient: Any, others: list[Any], displays: list[str]) -> Identity:
     given, family, texts = _human_names(patient.name)
     identifiers: list[tuple[str | None, str]] = []
@@ -435,6 +470,7 @@ def record_from_resources(
     history_only: bool = False,
     stats: ParseStats | None = None,
     identity: Identity | None = None,
+    displays: Iterable[str] = (),
 ) -> PatientRecord:
     """A PatientRecord from a flat list of resources (parsed models or raw dicts).
 
@@ -442,7 +478,8 @@ def record_from_resources(
     encounter. With `history_only`, entries dated after `as_of` are left out (dataset building:
     the record as it stood at an encounter); the hook keeps everything, since EHR clocks drift.
     `identity`: one the caller already built from a superset of these resources (a dataset's
-    per-visit records), used as is instead of walking every reference again.
+    per-visit records), used as is instead of walking every reference again. `displays`: more
+    party reference displays for the identity, from resources the caller did not validate.
     """
     counter = StatsCounter()
     if stats is not None:
@@ -499,11 +536,11 @@ def record_from_resources(
         notes.extend(_document_texts(doc))
 
     if identity is None:
-        displays: list[str] = []
+        found: list[str] = []
         for res in models:
-            _reference_displays(res, displays)
+            _reference_displays(res, found)
         others = [r for t in ("RelatedPerson", "Practitioner", "Organization") for r in by_type.get(t, ())]
-        identity = _identity(patient, others, displays)
+        identity = _identity(patient, others, [*found, *displays])
     return PatientRecord(
         identity=identity, birth_date=identity.birth_date, sex=patient.gender, as_of=as_of,
         conditions=conditions, vitals=vitals, allergies=allergies, medications=medications,

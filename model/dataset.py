@@ -748,7 +748,7 @@ def _plan(raw: list[dict[str, Any]], shared_raw: list[dict[str, Any]], state: _W
           displays: Sequence[tuple[str, str]] = ()) -> _Plan | dict[str, Any]:
     """Everything one patient's examples need, not yet de-identified (a dict: the patient is dropped).
     `displays`: the reference displays of lines left out of `raw` (`decode_used`)."""
-    from fhir_adapter.extract import RecordError, record_from_resources, to_datetime
+    from fhir_adapter.extract import RecordError, raw_reference_displays, record_from_resources, to_datetime
     from fhir_adapter.parse import StatsCounter, parse_many
 
     cfg = state.config
@@ -782,18 +782,26 @@ def _plan(raw: list[dict[str, Any]], shared_raw: list[dict[str, Any]], state: _W
         return True
 
     wanted = [r for r in raw if needed(r)]
+    # A record lists active medication requests only: the others (most of a long history) are never
+    # shown, so not validated. The people their references name stay known identifiers.
+    unshown = [r for r in wanted if r.get("resourceType") == "MedicationRequest" and r.get("status") != "active"]
+    if unshown:
+        wanted = [r for r in wanted if r.get("resourceType") != "MedicationRequest" or r.get("status") == "active"]
+    party: list[str] = []
+    raw_reference_displays(unshown, party)
     models = parse_many(wanted, stats=stats) + state.parse_shared(shared_raw, stats)
     by_type: dict[str, list[Any]] = {}
     for m in models:
         by_type.setdefault(m.get_resource_type(), []).append(m)
     pseudonym = state.deid.patient_pseudonym(pid)  # the same name the hook and deid fhir give
     try:
-        base = record_from_resources(models, pid, None)  # full history, identity with every display
+        # Full history, identity with every display.
+        base = record_from_resources(models, pid, None, displays=party)
     except RecordError:
         return {"pseudonym": pseudonym, "examples": [], "stats": {"dropped": {"invalid_patient": 1}}}
     clinical: set[str] = set()
     people: set[str] = set()
-    _clinical_displays(wanted, clinical, people, displays)
+    _clinical_displays([wanted, unshown], clinical, people, displays)
     identity = dataclasses.replace(
         base.identity, other_names=tuple(n for n in base.identity.other_names if n not in clinical - people)
     )

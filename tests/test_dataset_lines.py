@@ -89,3 +89,21 @@ def test_reference_displays_of_many_lines() -> None:
         for line in chosen:
             reference_pairs(decode_line(line), want)
         assert sorted(lines_reference_displays(chosen)) == sorted(want)
+
+
+def test_unshown_medication_requests_still_name_known_people(key: Path) -> None:
+    """Requests that are not active are never shown, so the build does not validate them; a
+    person named only on one of them is still one of the patient's known identifiers."""
+    cfg = ds.BuildConfig(input=EXPORT, output=Path("unused"), key_file=key, progress=False)
+    state = ds.make_worker(cfg, IdentifierSet(), scrubber=object())
+    with BulkReader(EXPORT, types=()) as reader:
+        p = next(p for p in reader.iter_patients()
+                 if any(r["resourceType"] == "MedicationRequest" and r.get("status") != "active" for r in p.raw))
+    raw = json.loads(json.dumps(p.raw))
+    stopped = next(r for r in raw if r["resourceType"] == "MedicationRequest" and r.get("status") != "active")
+    stopped["requester"] = {"reference": "Practitioner/only-here", "display": "Dr. Quill Nowhere"}
+    stopped["medicationCodeableConcept"]["coding"][0]["display"] = "Not A Person 5 MG"
+    plan = ds._plan(raw, p.shared_raw, state)
+    assert "Dr. Quill Nowhere" in plan.identity.other_names
+    assert "Not A Person 5 MG" not in plan.identity.other_names
+    assert all(m.status == "active" for m in plan.history.medications)

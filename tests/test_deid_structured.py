@@ -219,3 +219,17 @@ def test_known_identifiers_passed_when_text_side_present() -> None:
         assert s.calls[0][1] is None
     else:
         assert isinstance(s.calls[0][1], KnownIdentifiers)
+
+
+def test_record_leak_check_reads_the_same_text_as_the_payload() -> None:
+    """`check_record` reads the record itself; its text must be the payload's, value for value:
+    dates as ISO strings, floats and ints as JSON writes them, dict values, no keys, no None."""
+    from deidentify.leaks import record_text
+
+    out = Deidentifier(KEY, scrubber=FakeScrubber()).record(record())
+    payload = out.to_payload()
+    assert record_text(out, skip=("_mint",)) == payload_text(payload)
+    payload.pop("removed")
+    text = record_text(out, skip=("_mint", "removed"))
+    assert text == payload_text(payload)
+    assert "39.2" in text.splitlines() and out.as_of.isoformat() in text.splitlines()

@@ -178,3 +178,48 @@ def test_only_displays_of_people_and_organizations_are_identity_names() -> None:
     names = record.identity.other_names
     assert "Dr. Ada Quill" in names and "Harbor Family Clinic" in names
     assert "Acute bronchitis" not in names
+
+
+def _all_resources() -> list[dict]:
+    out = []
+    for f in sorted((DATA / "fhir").rglob("*.ndjson")):
+        out += [json.loads(line) for line in f.read_text().splitlines() if line.strip()]
+    for f in sorted((DATA / "fhir").rglob("*.json")):
+        data = json.loads(f.read_text())
+        if isinstance(data, dict) and data.get("resourceType") == "Bundle":
+            out += [e["resource"] for e in data.get("entry", []) if isinstance(e.get("resource"), dict)]
+    return out
+
+
+def test_raw_reference_displays_equal_the_model_walk_on_every_test_resource() -> None:
+    """The dataset build reads party displays of resources it does not validate from their JSON;
+    they must be the displays the validated model gives (a Coding's display never is one)."""
+    from fhir_adapter.extract import _reference_displays, raw_reference_displays
+    from fhir_adapter.parse import StatsCounter, parse_many
+
+    resources = _all_resources()
+    seen = found = 0
+    for raw in resources:
+        models = parse_many([raw], stats=StatsCounter())
+        if not models:
+            continue
+        a: list[str] = []
+        b: list[str] = []
+        _reference_displays(models[0], a)
+        raw_reference_displays(raw, b)
+        assert sorted(a) == sorted(b), raw.get("resourceType")
+        seen += 1
+        found += len(a)
+    assert seen > 4000 and found > 1000
+    # Display-only references count by their field; a Coding under a party field does not.
+    node = {"performer": [{"display": "Dr. Ada Quill"}], "requester": {"system": "s", "code": "c", "display": "x"},
+            "medicationReference": {"reference": "urn:uuid:9", "display": "Aspirin"}}
+    got: list[str] = []
+    raw_reference_displays(node, got)
+    assert got == ["Dr. Ada Quill"]
+
+
+def test_extra_displays_join_the_identity() -> None:
+    patient = {"resourceType": "Patient", "id": "p1", "gender": "female", "birthDate": "1980-01-01"}
+    record = record_from_resources([patient], "p1", NOW, displays=["Dr. Ada Quill"])
+    assert record.identity.other_names == ("Dr. Ada Quill",)
