@@ -1337,9 +1337,9 @@ def _run(items: Iterator[tuple[str, list[tuple[str, Any]], list[dict[str, Any]]]
     if cfg.workers <= 1:
         t = time.monotonic()
         _init_worker(cfg, identifiers)
+        _freeze_loaded()  # part of start-up, as in a pool worker's initializer
         timings["load"] = time.monotonic() - t
         assert _STATE is not None
-        _freeze_loaded()
         try:
             for ps, lines, shared in items:
                 yield ps, _work(lines, shared)
