@@ -1557,9 +1557,10 @@ def _iter_file_rows(path: Path) -> Iterator[list[list[str]]]:
         if path.suffix == ".jsonl":
             for line in fh:
                 try:
-                    yield [json_parts(json.loads(line))]
+                    parts = json_parts(json.loads(line))
                 except ValueError:
-                    yield [[line]]
+                    parts = [line]
+                yield [parts]
         else:
             text = fh.read()
             texts = [[text]]
