@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import itertools
 import json
 import os
 import tempfile
@@ -75,33 +76,76 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
 
 # ---- Parquet -----------------------------------------------------------------------------------
 
-def write_parquet(path: Path, jsonl_path: Path) -> None:
+ROW_GROUP_BYTES = 64 << 20  # Arrow bytes per Parquet row group: the most of a split held at once
+JSON_BLOCK_BYTES = 64 << 20  # JSON read per block; also the longest row Arrow's reader takes
+
+
+def write_parquet(path: Path, jsonl_path: Path, row_group_bytes: int = ROW_GROUP_BYTES,
+                  block_bytes: int = JSON_BLOCK_BYTES) -> None:
     """Parquet copy of a JSONL split with an explicit schema (stable across builds and splits).
 
-    Arrow's JSON reader parses the split (several times faster than building the table from
-    Python rows, and the same table: tested byte for byte); an empty split, or one Arrow cannot
-    read in blocks (a row over 64 MiB), is built from Python rows as before.
+    Streamed: Arrow's JSON reader parses the split block by block (several times faster than
+    building rows in Python, and the same table: tested), and every `row_group_bytes` of rows
+    become one row group, so memory stays flat however large the split. The groups depend only on
+    the input, so the same split gives the same bytes. A split Arrow cannot read in blocks (a row
+    over the block size) is built from Python rows instead, in groups of the same size.
     """
     import pyarrow as pa
-    import pyarrow.json as pj
-    import pyarrow.parquet as pq
 
     schema = parquet_schema()
-    table = None
     if jsonl_path.stat().st_size:
         try:
-            table = pj.read_json(
-                jsonl_path,
-                read_options=pj.ReadOptions(block_size=1 << 26, use_threads=False),
-                parse_options=pj.ParseOptions(explicit_schema=schema, unexpected_field_behavior="ignore"),
-            ).combine_chunks()
+            batches = _arrow_batches(jsonl_path, schema, block_bytes)
+            _write_groups(path, _groups(batches, row_group_bytes, schema), schema)
+            return
         except pa.ArrowInvalid:
-            table = None
-    if table is None:
-        table = pa.table(_python_columns(jsonl_path, schema), schema=schema)
+            pass  # the partial file is removed by atomic_open
+    _write_groups(path, _groups(_python_batches(jsonl_path, schema), row_group_bytes, schema), schema)
+
+
+def _write_groups(path: Path, tables: Iterable[Any], schema: Any) -> None:
+    import pyarrow.parquet as pq
+
     with atomic_open(path, "wb") as fh:
         # No created_by/time metadata varies between runs of the same pyarrow: bytes are stable.
-        pq.write_table(table, fh, compression="zstd")
+        with pq.ParquetWriter(fh, schema, compression="zstd") as writer:
+            for table in tables:
+                writer.write_table(table)
+
+
+def _arrow_batches(jsonl_path: Path, schema: Any, block_bytes: int) -> Iterator[Any]:
+    import pyarrow.json as pj
+
+    reader = pj.open_json(
+        jsonl_path,
+        read_options=pj.ReadOptions(block_size=block_bytes, use_threads=False),
+        parse_options=pj.ParseOptions(explicit_schema=schema, unexpected_field_behavior="ignore"),
+    )
+    yield from reader
+
+
+def _python_batches(jsonl_path: Path, schema: Any, rows: int = 1024) -> Iterator[Any]:
+    import pyarrow as pa
+
+    with open(jsonl_path, encoding="utf-8") as fh:
+        while lines := list(itertools.islice(fh, rows)):
+            yield pa.RecordBatch.from_pydict(_python_columns(lines, schema), schema=schema)
+
+
+def _groups(batches: Iterable[Any], limit: int, schema: Any) -> Iterator[Any]:
+    """Record batches gathered into tables of about `limit` bytes, each one contiguous."""
+    import pyarrow as pa
+
+    held: list[Any] = []
+    size = 0
+    for batch in batches:
+        held.append(batch)
+        size += batch.nbytes
+        if size >= limit:
+            yield pa.Table.from_batches(held, schema=schema).combine_chunks()
+            held, size = [], 0
+    if held:
+        yield pa.Table.from_batches(held, schema=schema).combine_chunks()
 
 
 def parquet_schema() -> Any:
@@ -120,16 +164,15 @@ def parquet_schema() -> Any:
     )
 
 
-def _python_columns(jsonl_path: Path, schema: Any) -> dict[str, list[Any]]:
+def _python_columns(lines: Iterable[str], schema: Any) -> dict[str, list[Any]]:
     columns: dict[str, list[Any]] = {name: [] for name in schema.names}
-    with open(jsonl_path, encoding="utf-8") as fh:
-        for line in fh:
-            row = json.loads(line)
-            for name in schema.names:
-                value = row.get(name)
-                if name == "messages":
-                    value = [{"role": m["role"], "content": m["content"], "thinking": m.get("thinking")} for m in value]
-                columns[name].append(value)
+    for line in lines:
+        row = json.loads(line)
+        for name in schema.names:
+            value = row.get(name)
+            if name == "messages":
+                value = [{"role": m["role"], "content": m["content"], "thinking": m.get("thinking")} for m in value]
+            columns[name].append(value)
     return columns
 
 
