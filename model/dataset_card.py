@@ -76,31 +76,26 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
 
 # ---- Parquet -----------------------------------------------------------------------------------
 
-ROW_GROUP_BYTES = 64 << 20  # Arrow bytes per Parquet row group: the most of a split held at once
-JSON_BLOCK_BYTES = 64 << 20  # JSON read per block; also the longest row Arrow's reader takes
+ROW_GROUP_BYTES = 8 << 20  # JSON bytes per Parquet row group: about the most of a split held at once
 
 
-def write_parquet(path: Path, jsonl_path: Path, row_group_bytes: int = ROW_GROUP_BYTES,
-                  block_bytes: int = JSON_BLOCK_BYTES) -> None:
+def write_parquet(path: Path, jsonl_path: Path, row_group_bytes: int = ROW_GROUP_BYTES) -> None:
     """Parquet copy of a JSONL split with an explicit schema (stable across builds and splits).
 
-    Streamed: Arrow's JSON reader parses the split block by block (several times faster than
-    building rows in Python, and the same table: tested), and every `row_group_bytes` of rows
-    become one row group, so memory stays flat however large the split. The groups depend only on
-    the input, so the same split gives the same bytes. A split Arrow cannot read in blocks (a row
-    over the block size) is built from Python rows instead, in groups of the same size.
+    Streamed: the split is read in runs of whole lines of about `row_group_bytes`, each parsed by
+    Arrow's JSON reader (several times faster than building rows in Python, and the same table:
+    tested) and written as one row group, so memory stays flat however large the split (Arrow's
+    own streaming reader buffered a growing share of the file). The runs depend only on the input,
+    so the same split gives the same bytes; a split of one run, the bytes of one `write_table`.
+    A run Arrow refuses is built from Python rows instead, the whole split in that case.
     """
     import pyarrow as pa
 
     schema = parquet_schema()
-    if jsonl_path.stat().st_size:
-        try:
-            batches = _arrow_batches(jsonl_path, schema, block_bytes)
-            _write_groups(path, _groups(batches, row_group_bytes, schema), schema)
-            return
-        except pa.ArrowInvalid:
-            pass  # the partial file is removed by atomic_open
-    _write_groups(path, _groups(_python_batches(jsonl_path, schema), row_group_bytes, schema), schema)
+    try:
+        _write_groups(path, _arrow_tables(jsonl_path, schema, row_group_bytes), schema)
+    except pa.ArrowInvalid:  # the partial file is removed by atomic_open
+        _write_groups(path, _groups(_python_batches(jsonl_path, schema), row_group_bytes, schema), schema)
 
 
 def _write_groups(path: Path, tables: Iterable[Any], schema: Any) -> None:
@@ -113,15 +108,18 @@ def _write_groups(path: Path, tables: Iterable[Any], schema: Any) -> None:
                 writer.write_table(table)
 
 
-def _arrow_batches(jsonl_path: Path, schema: Any, block_bytes: int) -> Iterator[Any]:
+def _arrow_tables(jsonl_path: Path, schema: Any, run_bytes: int) -> Iterator[Any]:
+    """One table per run of whole lines of at least `run_bytes` (the last may be shorter)."""
+    import pyarrow as pa
     import pyarrow.json as pj
 
-    reader = pj.open_json(
-        jsonl_path,
-        read_options=pj.ReadOptions(block_size=block_bytes, use_threads=False),
-        parse_options=pj.ParseOptions(explicit_schema=schema, unexpected_field_behavior="ignore"),
-    )
-    yield from reader
+    parse = pj.ParseOptions(explicit_schema=schema, unexpected_field_behavior="ignore")
+    with open(jsonl_path, "rb") as fh:
+        while lines := fh.readlines(run_bytes):
+            data = b"".join(lines)
+            del lines
+            read = pj.ReadOptions(block_size=len(data) + 1, use_threads=False)  # one block: any row length
+            yield pj.read_json(pa.BufferReader(data), read_options=read, parse_options=parse).combine_chunks()
 
 
 def _python_batches(jsonl_path: Path, schema: Any, rows: int = 1024) -> Iterator[Any]:
