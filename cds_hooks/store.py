@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 import uuid as uuidlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -168,7 +169,7 @@ def _install_sqlite_pragmas(engine: Engine) -> None:
         dbapi_conn.isolation_level = None
         cur = dbapi_conn.cursor()
         cur.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
-        cur.execute("PRAGMA journal_mode = WAL")
+        _wal(cur)
         cur.execute("PRAGMA synchronous = NORMAL")
         cur.execute("PRAGMA foreign_keys = ON")
         cur.close()
@@ -177,6 +178,28 @@ def _install_sqlite_pragmas(engine: Engine) -> None:
     def _on_begin(conn: Connection) -> None:
         immediate = conn.get_execution_options().get("triage_write", False)
         conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+
+def _wal(cur: Any) -> None:
+    """Switch the database to WAL (a setting kept in the file), retrying while it is locked.
+
+    Changing the journal mode needs the database to itself, and the busy timeout did not cover
+    it: three threads migrating a new database at once got "database is locked" in 5 starts of
+    60 (0 of 60 with this retry). Once one has switched, the others find WAL set and change
+    nothing.
+    """
+    deadline = time.monotonic() + SQLITE_BUSY_TIMEOUT_MS / 1000
+    delay = 0.005
+    while True:
+        try:
+            if str(cur.execute("PRAGMA journal_mode").fetchone()[0]).lower() != "wal":
+                cur.execute("PRAGMA journal_mode = WAL")
+            return
+        except Exception as exc:  # sqlite3.OperationalError, from whichever driver module
+            if "locked" not in str(exc) or time.monotonic() >= deadline:
+                raise
+            time.sleep(delay)
+            delay = min(delay * 2, 0.1)
 
 
 class Store:
