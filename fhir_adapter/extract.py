@@ -259,13 +259,14 @@ _PARTY_FIELDS = frozenset({"performer", "requester", "recorder", "asserter", "au
                            "actor", "location", "attester", "party", "sender", "recipient", "informant"})
 
 
-def _is_party_reference(node: Any, field_name: str | None) -> bool:
-    ref = node.__dict__.get("reference")
+def _is_party_reference(node: Mapping[str, Any], field_name: str | None) -> bool:
+    """Does a Reference (its members: a model's `__dict__`, or its JSON) point at a party?"""
+    ref = node.get("reference")
     if isinstance(ref, str) and not ref.startswith(("urn:", "#")):
         head = ref.split("?", 1)[0].rstrip("/").split("/")
         rtype = head[-2] if len(head) >= 2 else head[0]
         return rtype in _PARTY_TYPES
-    declared = node.__dict__.get("type")
+    declared = node.get("type")
     if isinstance(declared, str):
         return declared in _PARTY_TYPES
     return field_name in _PARTY_FIELDS
@@ -277,7 +278,7 @@ def _reference_displays(node: Any, out: list[str], field_name: str | None = None
     if isinstance(node, FHIRAbstractModel):
         display = node.__dict__.get("display")
         if display and "reference" in type(node).model_fields and isinstance(display, str) \
-                and _is_party_reference(node, field_name):
+                and _is_party_reference(node.__dict__, field_name):
             out.append(display)
         for key, value in node.__dict__.items():
             if value is not None and not isinstance(value, (str, int, float, bool, Decimal, date)):
@@ -295,12 +296,12 @@ _CODING_KEYS = frozenset({"system", "code", "version", "userSelected"})
 def raw_reference_displays(node: Any, out: list[str], field_name: str | None = None) -> None:
     """`_reference_displays` of a resource not validated (its JSON): the same displays, in JSON
     order (the model walk goes in schema order). A dict with a display is a Reference unless it has
-    a Coding member; the party test is `_is_party_reference`'s, on the dict. Tested equal on every
+    a Coding member; the party test is `_is_party_reference`. Tested equal on every
     resource of the test exports."""
     if isinstance(node, Mapping):
         display = node.get("display")
         if isinstance(display, str) and display and not _CODING_KEYS.intersection(node) \
-                and _is_party_reference_raw(node, field_name):
+                and _is_party_reference(node, field_name):
             out.append(display)
         for key, value in node.items():
             if isinstance(value, (Mapping, list)):
@@ -309,18 +310,6 @@ def raw_reference_displays(node: Any, out: list[str], field_name: str | None = N
         for item in node:
             if isinstance(item, (Mapping, list)):
                 raw_reference_displays(item, out, field_name)
-
-
-def _is_party_reference_raw(node: Mapping[str, Any], field_name: str | None) -> bool:
-    ref = node.get("reference")
-    if isinstance(ref, str) and not ref.startswith(("urn:", "#")):
-        head = ref.split("?", 1)[0].rstrip("/").split("/")
-        rtype = head[-2] if len(head) >= 2 else head[0]
-        return rtype in _PARTY_TYPES
-    declared = node.get("type")
-    if isinstance(declared, str):
-        return declared in _PARTY_TYPES
-    return field_name in _PARTY_FIELDS
 
 
 def _identity(patient: Any, others: list[Any], displays: list[str]) -> Identity:
