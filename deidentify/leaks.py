@@ -276,20 +276,7 @@ def find_leaks(text: str, identifiers: IdentifierSet) -> Counter[str]:
 def payload_text(payload: Any) -> str:
     """Every string and number in a JSON-like payload, one per line, for `find_leaks`."""
     parts: list[str] = []
-
-    def walk(v: Any) -> None:
-        if isinstance(v, Mapping):
-            for x in v.values():
-                walk(x)
-        elif isinstance(v, (list, tuple)):
-            for x in v:
-                walk(x)
-        elif isinstance(v, str):
-            parts.append(v)
-        elif isinstance(v, (int, float)) and not isinstance(v, bool):
-            parts.append(str(v))
-
-    walk(payload)
+    _strings(payload, parts, strict=False)
     return "\n".join(parts)
 
 
@@ -298,31 +285,35 @@ def record_text(record: Any, skip: tuple[str, ...] = ()) -> str:
     read off the dataclass itself: the same text without `asdict` and a JSON round trip. Fields
     named in `skip` are left out at the top level."""
     parts: list[str] = []
-
-    def walk(v: Any) -> None:
-        if isinstance(v, str):
-            parts.append(v)
-        elif isinstance(v, bool) or v is None:
-            pass
-        elif isinstance(v, int):
-            parts.append(int.__repr__(v))  # what json writes, then str() of what it reads back
-        elif isinstance(v, float):
-            parts.append(float.__repr__(v))
-        elif isinstance(v, date):  # datetimes too
-            parts.append(v.isoformat())
-        elif isinstance(v, Mapping):
-            for x in v.values():
-                walk(x)
-        elif isinstance(v, (list, tuple)):
-            for x in v:
-                walk(x)
-        elif dataclasses.is_dataclass(v):
-            for f in dataclasses.fields(v):
-                walk(getattr(v, f.name))
-        else:
-            raise TypeError(f"cannot encode {type(v).__name__}")
-
     for f in dataclasses.fields(record):
         if f.name not in skip:
-            walk(getattr(record, f.name))
+            _strings(getattr(record, f.name), parts, strict=True)
     return "\n".join(parts)
+
+
+def _strings(v: Any, parts: list[str], strict: bool) -> None:
+    """Strings and numbers under `v`, in order (dict values, not keys). `strict`: also dates and
+    dataclasses, as their JSON encoding would give them, and any other type is an error."""
+    if isinstance(v, str):
+        parts.append(v)
+    elif isinstance(v, bool) or v is None:
+        pass
+    elif isinstance(v, int):
+        parts.append(int.__repr__(v))  # what json writes, and str() of what it reads back
+    elif isinstance(v, float):
+        parts.append(float.__repr__(v))
+    elif isinstance(v, Mapping):
+        for x in v.values():
+            _strings(x, parts, strict)
+    elif isinstance(v, (list, tuple)):
+        for x in v:
+            _strings(x, parts, strict)
+    elif not strict:
+        pass
+    elif isinstance(v, date):  # datetimes too
+        parts.append(v.isoformat())
+    elif dataclasses.is_dataclass(v):
+        for f in dataclasses.fields(v):
+            _strings(getattr(v, f.name), parts, strict)
+    else:
+        raise TypeError(f"cannot encode {type(v).__name__}")
