@@ -36,7 +36,7 @@ from fhir.resources.R4B import get_fhir_model_class
 from .codes import RECORD_TYPES, SHARED_TYPES
 from .extract import record_from_resources
 from .parse import Resource, StatsCounter, parse_many
-from .prefetch import resolve_bundle_references
+from .prefetch import reference_objects, resolve_bundle_references
 from .record import ParseStats, PatientRecord
 
 log = logging.getLogger(__name__)
@@ -252,17 +252,7 @@ def lines_reference_displays(lines: list[bytes]) -> list[tuple[str, str]]:
 
 def reference_pairs(node: Any, out: list[tuple[str, str]]) -> None:
     """(reference, display) of every object under `node` with both as strings."""
-    if isinstance(node, dict):
-        ref, display = node.get("reference"), node.get("display")
-        if isinstance(ref, str) and isinstance(display, str):
-            out.append((ref, display))
-        for v in node.values():
-            if isinstance(v, (dict, list)):
-                reference_pairs(v, out)
-    elif isinstance(node, list):
-        for v in node:
-            if isinstance(v, (dict, list)):
-                reference_pairs(v, out)
+    out += [(r["reference"], r["display"]) for r in reference_objects(node, []) if isinstance(r.get("display"), str)]
 
 
 def _patient_of(res: dict[str, Any]) -> str | None:
@@ -291,17 +281,7 @@ def _shared_keys(res: dict[str, Any]) -> list[str]:
 
 
 def _references(node: Any, out: set[str]) -> None:
-    if isinstance(node, dict):
-        ref = node.get("reference")
-        if isinstance(ref, str):
-            out.add(ref.split("/_history/")[0])
-        for value in node.values():
-            if isinstance(value, (dict, list)):
-                _references(value, out)
-    elif isinstance(node, list):
-        for item in node:
-            if isinstance(item, (dict, list)):
-                _references(item, out)
+    out.update(r["reference"].split("/_history/")[0] for r in reference_objects(node, []))
 
 
 def _is_type(name: str) -> bool:

@@ -16,6 +16,7 @@ __all__ = [
     "PREFETCH_TEMPLATES",
     "REQUIRED_KEYS",
     "prefetch_from_resources",
+    "reference_objects",
     "render_prefetch",
     "render_template",
     "resolve_bundle_references",
@@ -88,17 +89,20 @@ def render_prefetch(context: Mapping[str, Any], templates: Mapping[str, str] = P
 
 # ---- references ------------------------------------------------------------------------------
 
-def _walk_references(node: Any, mapping: Mapping[str, str]) -> None:
+def reference_objects(node: Any, out: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Every JSON object under `node` (itself included) with a string `reference`, parents before
+    their children: the one walk behind the reference readers of `bulk` and Bundle resolution."""
     if isinstance(node, dict):
-        ref = node.get("reference")
-        if isinstance(ref, str) and ref in mapping:
-            node["reference"] = mapping[ref]
+        if isinstance(node.get("reference"), str):
+            out.append(node)
         for value in node.values():
             if isinstance(value, (dict, list)):
-                _walk_references(value, mapping)
+                reference_objects(value, out)
     elif isinstance(node, list):
         for item in node:
-            _walk_references(item, mapping)
+            if isinstance(item, (dict, list)):
+                reference_objects(item, out)
+    return out
 
 
 def resolve_bundle_references(bundle: Mapping[str, Any]) -> list[dict[str, Any]]:
@@ -117,8 +121,9 @@ def resolve_bundle_references(bundle: Mapping[str, Any]) -> list[dict[str, Any]]
         if isinstance(full, str) and res.get("id") and res.get("resourceType"):
             mapping[full] = f"{res['resourceType']}/{res['id']}"
         resources.append(res)
-    for res in resources:
-        _walk_references(res, mapping)
+    for ref in reference_objects(resources, []):
+        if ref["reference"] in mapping:
+            ref["reference"] = mapping[ref["reference"]]
     return resources
 
 
