@@ -99,8 +99,18 @@ def fhir_cmd(input_path: str, output_dir: str, key_file: str | None, no_scrub: b
             scrubber = TextScrubber()
         except ImportError:
             click.echo("warning: free-text scrubber unavailable: free text is dropped", err=True)
-    report = deidentify_path(src, Path(output_dir), pz, scrubber=scrubber,
-                             on_problem=lambda m: click.echo(m, err=True))
+    from fhir_adapter.bulk import BulkError
+
+    try:
+        report = deidentify_path(src, Path(output_dir), pz, scrubber=scrubber,
+                                 on_problem=lambda m: click.echo(m, err=True))
+    except BulkError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+    if not report.resources_read:
+        click.echo(f"error: {src}: no FHIR resources found (NDJSON named after a resource type, "
+                   "listed in manifest.json, or Bundle/resource .json)", err=True)
+        sys.exit(2)
     done = sum(v for k, v in report.ctx.stats.items() if k.startswith("deidentified:"))
     click.echo(f"{done} resources de-identified into {len(report.written)} files in {output_dir} "
                f"(key {pz.fingerprint}); {len(report.problems)} problems reported", err=True)

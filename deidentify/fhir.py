@@ -1005,6 +1005,12 @@ class PathReport:
     def ok(self) -> bool:
         return not self.problems
 
+    @property
+    def resources_read(self) -> int:
+        """FHIR resources met (de-identified or dropped); 0 means the input held none."""
+        return sum(v for k, v in self.ctx.stats.items()
+                   if k.split(":", 1)[0] in ("deidentified", "leak", "unsupported") and not k.endswith(":?"))
+
 
 def _reason(exc: Exception) -> str:
     if isinstance(exc, LeakDetected):
@@ -1046,16 +1052,25 @@ def deidentify_path(src: Any, dest: Any, pseudonymizer: Pseudonymizer, *,
         if on_problem:
             on_problem(msg)
 
+    # An NDJSON file's resource type, as the bulk reader decides it (manifest, name, first line);
+    # NDJSON that is not FHIR (a server's log.ndjson) is skipped.
+    from fhir_adapter.bulk import manifest_types, ndjson_type
+
+    types: dict[Path, str | None] = {}
     if src.is_dir():
-        # A bulk export also holds NDJSON that is not FHIR (log.ndjson): the bulk reader's rule.
-        from fhir_adapter.bulk import _NDJSON, _is_type
-
-        def resource_file(p: Path) -> bool:
-            m = _NDJSON.match(p.name)
-            return p.suffix == ".json" or bool(m and _is_type(m.group(1)))
-
-        files = sorted(p for p in src.rglob("*") if p.is_file() and p.suffix in (".json", ".ndjson")
-                       and resource_file(p))
+        manifests: dict[Path, dict[str, str]] = {}
+        files = []
+        for p in sorted(src.rglob("*")):
+            if not p.is_file() or p.name.startswith(".") or p.name == "manifest.json":
+                continue
+            if p.suffix == ".ndjson":
+                if p.parent not in manifests:
+                    manifests[p.parent] = manifest_types(p.parent)
+                types[p] = ndjson_type(p, manifests[p.parent])
+                if types[p] is not None:
+                    files.append(p)
+            elif p.suffix == ".json":
+                files.append(p)
         pairs = [(p, dest / p.relative_to(src)) for p in files]
     elif src.is_file():
         pairs = [(src, dest / src.name)]
@@ -1065,7 +1080,7 @@ def deidentify_path(src: Any, dest: Any, pseudonymizer: Pseudonymizer, *,
     # Bulk exports: learn the people first (Patient.000.ndjson, Practitioner..., ...) so every
     # resource's notes are scrubbed with its own patient's known identifiers.
     for p, _ in pairs:
-        if p.suffix == ".ndjson" and p.name.split(".")[0] in _PEOPLE:
+        if p.suffix == ".ndjson" and types.get(p) in _PEOPLE:
             try:
                 with p.open(encoding="utf-8") as fh:
                     people = []
@@ -1083,7 +1098,7 @@ def deidentify_path(src: Any, dest: Any, pseudonymizer: Pseudonymizer, *,
     for p, out in pairs:
         try:
             if p.suffix == ".ndjson":
-                _ndjson(p, out, pseudonymizer, scrubber, ctx, problem)
+                _ndjson(p, out, pseudonymizer, scrubber, ctx, problem, types.get(p))
             else:
                 _json_file(p, out, pseudonymizer, scrubber, ctx, problem)
             report.written.append(str(out))
@@ -1124,7 +1139,11 @@ class _Skip(Exception):
 
 
 def _ndjson(p: Any, out: Any, pz: Pseudonymizer, scrubber: Scrubber | None, ctx: FhirContext,
-            problem: Any) -> None:
+            problem: Any, rtype: str | None = None) -> None:
+    """`rtype`: the one resource type of an export file; a line of another type stops the run
+    (`BulkError` naming the file): a file mixing types is not an export file."""
+    from fhir_adapter.bulk import mixed_types_error
+
     def lines() -> Iterable[str]:
         with p.open(encoding="utf-8") as fh:
             chunk: list[tuple[int, Any]] = []
@@ -1143,6 +1162,11 @@ def _ndjson(p: Any, out: Any, pz: Pseudonymizer, scrubber: Scrubber | None, ctx:
                 yield from _chunk(chunk)
 
     def _chunk(chunk: list[tuple[int, Any]]) -> Iterable[str]:
+        if rtype is not None:
+            other = {r["resourceType"] for _, r in chunk
+                     if isinstance(r, Mapping) and isinstance(r.get("resourceType"), str)} - {rtype}
+            if other:
+                raise mixed_types_error(p.name, {rtype, *(str(t) for t in other)})
         people = [r for _, r in chunk if isinstance(r, Mapping) and r.get("resourceType") in _PEOPLE]
         ctx.add_resources(people)
         results = deidentify_resources([r for _, r in chunk], pz, scrubber=scrubber, ctx=ctx)

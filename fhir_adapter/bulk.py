@@ -41,18 +41,77 @@ from .record import ParseStats, PatientRecord
 
 log = logging.getLogger(__name__)
 
-__all__ = ["BadLine", "BulkError", "BulkReader", "PatientLines", "PatientResources", "decode_fields", "decode_line",
+__all__ = ["BadLine", "BulkError", "BulkReader", "NoResourcesError", "ndjson_type", "type_from_name", "PatientLines", "PatientResources", "decode_fields", "decode_line",
            "iter_patients", "iter_resources", "line_reference_displays", "line_references",
            "lines_reference_displays"]
 
 _OFFSET_BITS = 40  # files up to 1 TiB; up to 2**23 files
 _OFFSET_MASK = (1 << _OFFSET_BITS) - 1
 _NDJSON = re.compile(r"^([A-Z][A-Za-z]+)(?:[._-].*)?\.ndjson(?:\.gz)?$")
+_NDJSON_SUFFIX = re.compile(r"\.ndjson(?:\.gz)?$")
+_NAME_PART = re.compile(r"[A-Z][A-Za-z]+")
 _PATIENT_FIELDS = ("subject", "patient", "beneficiary")
 
 
 class BulkError(Exception):
     """The export cannot be read at all (missing folder, manifest naming absent files)."""
+
+
+class NoResourcesError(BulkError):
+    """The input holds no FHIR resource at all (callers exit with status 2)."""
+
+
+def type_from_name(name: str) -> str | None:
+    """The resource type an NDJSON file name spells, as servers and clients name them:
+    `Patient.ndjson`, `Patient.000.ndjson`, `Patient_1.ndjson`, `Patient-2.ndjson.gz`, and the SMART
+    bulk-data client's `1.Patient.ndjson`. None when no part of the name (split on `.`, `_`, `-`) is
+    a FHIR type, or two different ones are."""
+    stem = _NDJSON_SUFFIX.sub("", name)
+    types = {part for part in re.split(r"[._-]", stem) if _NAME_PART.fullmatch(part) and _is_type(part)}
+    return types.pop() if len(types) == 1 else None
+
+
+def first_line_type(path: Path) -> str | None:
+    """The `resourceType` of the first non-blank line of an NDJSON file (`.gz` read through), or
+    None when that line is not a FHIR resource (a server's log.ndjson) or cannot be read."""
+    opener = gzip.open if path.name.endswith(".gz") else open
+    try:
+        with opener(path, "rb") as fh:
+            for line in fh:
+                if line.strip():
+                    head = decode_fields(line, ("resourceType",))
+                    rtype = head.get("resourceType")
+                    return rtype if isinstance(rtype, str) and _is_type(rtype) else None
+    except (OSError, EOFError, ValueError, UnicodeDecodeError):
+        return None
+    return None
+
+
+def manifest_types(folder: Path) -> dict[str, str]:
+    """File name -> `output[].type` of the folder's Bulk Data `manifest.json` (empty without one)."""
+    manifest = folder / "manifest.json"
+    try:
+        outputs = json.loads(manifest.read_text(encoding="utf-8")).get("output")
+    except (OSError, ValueError, AttributeError):
+        return {}
+    out: dict[str, str] = {}
+    for item in outputs if isinstance(outputs, list) else []:
+        if isinstance(item, dict) and isinstance(item.get("url"), str) and isinstance(item.get("type"), str):
+            out[item["url"].split("?")[0].rstrip("/").split("/")[-1]] = item["type"]
+    return out
+
+
+def ndjson_type(path: Path, manifest: dict[str, str] | None = None) -> str | None:
+    """An NDJSON file's resource type: the manifest's `output[].type`, else the file name's type,
+    else its first line's `resourceType`; None for NDJSON that is not FHIR."""
+    if manifest and path.name in manifest:
+        return manifest[path.name]
+    return type_from_name(path.name) or first_line_type(path)
+
+
+def mixed_types_error(name: str, types: Collection[str]) -> BulkError:
+    return BulkError(f"{name}: mixes resource types ({', '.join(sorted(types))}): "
+                     "an export file holds one type")
 
 
 @dataclass(frozen=True)
@@ -96,6 +155,7 @@ class _Source:
     name: str  # as reported: the file name the steward sees
     path: Path  # what we read (a decompressed copy for .gz)
     kind: str  # "ndjson" or "bundle"
+    rtype: str | None = None  # an export NDJSON file's one resource type (None: a Bundle or lone file)
 
 
 try:  # optional: the same answers, several times faster
@@ -310,6 +370,7 @@ class BulkReader:
         self.types = types
         self.bad_lines: list[BadLine] = []
         self.unassigned = 0  # resources with no patient that are not shared types
+        self.resource_count = 0  # resources indexed (after `patient_ids()`)
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
         self._sources: list[_Source] | None = None
         self._index: dict[str, array] | None = None
@@ -374,18 +435,26 @@ class BulkReader:
                 files = self._from_manifest(manifest)
             else:
                 for f in sorted(p.iterdir()):
-                    if not f.is_file():
+                    if not f.is_file() or f.name.startswith("."):
                         continue
-                    m = _NDJSON.match(f.name)
-                    if m and _is_type(m.group(1)):
+                    if _NDJSON_SUFFIX.search(f.name):
+                        if ndjson_type(f) is not None:
+                            files.append(f)
+                        else:
+                            log.info("ignored %s: not FHIR NDJSON", f.name)
+                    elif f.name.endswith((".json", ".json.gz")):
                         files.append(f)
-                    elif f.name.endswith((".json", ".json.gz")) and not f.name.startswith("."):
-                        files.append(f)
-                    elif f.name.endswith((".ndjson", ".ndjson.gz")):
-                        log.info("ignored %s: not named after a FHIR resource type", f.name)
             if not files:
-                raise BulkError(f"{p}: no NDJSON or Bundle files found")
-        self._sources = [self._local(f) for f in files]
+                raise NoResourcesError(f"{p}: no FHIR NDJSON or Bundle files found")
+        folder = p if p.is_dir() else p.parent if files != [p] else None  # an export, not a lone file
+        types = manifest_types(folder) if folder is not None else {}
+        sources = []
+        for f in files:
+            src = self._local(f)
+            if src.kind == "ndjson" and folder is not None:
+                src.rtype = ndjson_type(f, types)
+            sources.append(src)
+        self._sources = sources
         return self._sources
 
     @staticmethod
@@ -482,6 +551,7 @@ class BulkReader:
             types: set[str] = set()
             for position, res in items:
                 types.add(res["resourceType"])
+                self.resource_count += 1
                 packed = (idx << _OFFSET_BITS) | position
                 pid = _patient_of(res)
                 if pid is not None:
@@ -495,8 +565,12 @@ class BulkReader:
                 else:
                     self.unassigned += 1
             if src.kind == "ndjson":
+                if src.rtype is not None and types - {src.rtype}:
+                    raise mixed_types_error(src.name, types | {src.rtype})
                 self._file_types[idx] = types.pop() if len(types) == 1 else None
             self._bundle_cache = None
+        if not self.resource_count:
+            raise NoResourcesError(f"{self.path}: no FHIR resources found")
         self._index = index
         return index
 

@@ -81,6 +81,10 @@ class DatasetError(RuntimeError):
     """A build cannot start or must stop; the message is one line and holds no PHI."""
 
 
+class NoInputResources(DatasetError):
+    """The input holds no FHIR resource: nothing to build (exit status 2, never a success)."""
+
+
 class LeakFound(DatasetError):
     """An identifier reached an output file: the build fails (outputs are left for inspection)."""
 
@@ -1221,8 +1225,7 @@ def export_identifiers(path: Path) -> Any:
     ids = IdentifierSet()
     with BulkReader(path, types=()) as reader:
         for src in reader.sources():
-            rtype = src.name.split(".")[0].split("-")[0]
-            if src.kind == "ndjson" and rtype not in IDENTITY_TYPES:
+            if src.kind == "ndjson" and src.rtype is not None and src.rtype not in IDENTITY_TYPES:
                 continue
             with BulkReader(src.path, types=()) as one:
                 batch = [r for r in one.iter_resources() if r.get("resourceType") in IDENTITY_TYPES]
@@ -1234,7 +1237,7 @@ def build(cfg: BuildConfig, *, echo: Callable[[str], None] | None = None) -> Bui
     """Run (or resume) a build. Raises DatasetError with a one-line message on bad input."""
     t0 = time.monotonic()
     from deidentify.pseudonym import MissingKeyError, key_fingerprint, load_key
-    from fhir_adapter.bulk import BadLine, BulkError, BulkReader
+    from fhir_adapter.bulk import BadLine, BulkError, BulkReader, NoResourcesError
 
     if not cfg.input.exists():
         raise DatasetError(f"input {cfg.input} does not exist")
@@ -1275,6 +1278,8 @@ def build(cfg: BuildConfig, *, echo: Callable[[str], None] | None = None) -> Bui
         identifiers = export_identifiers(cfg.input)
         reader = BulkReader(cfg.input, on_bad_line=on_bad, types=())
         patient_ids = reader.patient_ids()
+    except NoResourcesError as exc:
+        raise NoInputResources(str(exc)) from None
     except BulkError as exc:
         raise DatasetError(str(exc)) from None
     except OSError as exc:

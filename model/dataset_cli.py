@@ -41,7 +41,8 @@ def build_command(input_path: Path, output: Path, key_file: Path | None, seed: i
                   workers: int, resume: bool, overwrite: bool, max_encounters: int | None, no_class_acuity: bool,
                   shard: str | None, celery_shards: int | None, quiet: bool) -> None:
     """Build a de-identified, leak-checked, patient-split fine-tuning set from a FHIR Bulk export."""
-    from model.dataset import CLASS_ACUITY, BuildConfig, DatasetError, LeakFound, build, parse_shard, parse_split
+    from model.dataset import (CLASS_ACUITY, BuildConfig, DatasetError, LeakFound, NoInputResources, build,
+                               parse_shard, parse_split)
 
     try:
         cfg = BuildConfig(
@@ -58,6 +59,9 @@ def build_command(input_path: Path, output: Path, key_file: Path | None, seed: i
             result = build(cfg, echo=lambda line: click.echo(line, err=True))
     except LeakFound as exc:
         _fail(str(exc), 3)
+        return
+    except NoInputResources as exc:
+        _fail(str(exc), 2)
         return
     except DatasetError as exc:
         _fail(str(exc))

@@ -396,7 +396,9 @@ def test_cli_missing_key_and_bad_input(tmp_path, monkeypatch) -> None:
     bad.write_text("{not json")
     res = CliRunner().invoke(deid, ["fhir", "--input", str(bad), "--output", str(tmp_path / "o"),
                                     "--key-file", str(f), "--no-scrub"])
-    assert res.exit_code == 1 and "bad.json" in res.output and "malformed JSON" in res.output
+    # nothing FHIR was read: an error (status 2), with the malformed file named
+    assert res.exit_code == 2 and "bad.json" in res.output and "malformed JSON" in res.output
+    assert "no FHIR resources" in res.output
 
 
 def test_facade_matches_module_functions_and_record_path() -> None:
