@@ -42,13 +42,22 @@ def scrub_cmd(input_path: str, output_path: str, workers: int, mode: str, batch_
 @deid.command("evaluate")
 @click.option("--asq-dir", default=None, help="ASQ-PHI folder (default: ../shared/data/deid/asq-phi).")
 @click.option("--synthea-dir", default=None, help="Synthea bulk export folder with DocumentReference NDJSON.")
-@click.option("--limit", default=None, type=click.IntRange(1), help="Evaluate a deterministic subset.")
-def evaluate_cmd(asq_dir: str | None, synthea_dir: str | None, limit: int | None) -> None:
-    """Recall per PHI type and hard-negative FP rate (ASQ-PHI); survivors in Synthea notes."""
+@click.option("--limit", default=None, type=click.IntRange(1), help="Evaluate a deterministic subset of ASQ-PHI and Synthea.")
+@click.option("--nursing-notes", default=300, show_default=True, type=click.IntRange(0),
+              help="Notes per part of the generated nursing corpus (dev and held-back); 0 skips it.")
+@click.option("--seed", default=7, show_default=True, type=int, help="Seed of the nursing corpus.")
+@click.option("--corpus", "corpora", multiple=True, type=click.Path(dir_okay=False),
+              help="A labelled JSONL corpus of your own (see docs/deidentification.md); repeatable.")
+@click.option("--details", is_flag=True, help="Also print the missed spans of each corpus (PHI: local use only).")
+def evaluate_cmd(asq_dir: str | None, synthea_dir: str | None, limit: int | None, nursing_notes: int, seed: int,
+                 corpora: tuple[str, ...], details: bool) -> None:
+    """Each corpus on its own line, with whether the rules were tuned on it, then recall and
+    precision per type: ASQ-PHI, Synthea notes, nursing notes (dev, held-back), your corpora."""
     import sys
     from pathlib import Path
 
-    from .evaluate import evaluate_asq, evaluate_synthea, format_asq, format_synthea
+    from .corpus import CorpusError, evaluate_corpus, format_report, load_jsonl
+    from .evaluate import asq_notes, evaluate_asq, evaluate_synthea, format_asq, format_synthea
     from .text import TextScrubber
 
     shared = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
@@ -58,11 +67,59 @@ def evaluate_cmd(asq_dir: str | None, synthea_dir: str | None, limit: int | None
         if not p.is_dir():
             click.echo(f"error: not a folder: {p}", err=True)
             sys.exit(2)
+    own = []
+    for c in corpora:
+        try:
+            own.append((c, load_jsonl(c)))
+        except (OSError, CorpusError) as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(2)
     scrubber = TextScrubber()
-    click.echo("ASQ-PHI")
-    click.echo(format_asq(evaluate_asq(scrubber, asq, limit=limit)))
-    click.echo("\nSynthea notes")
-    click.echo(format_synthea(evaluate_synthea(scrubber, syn, limit=limit)))
+    summary: list[str] = []
+    blocks: list[str] = []
+
+    a = evaluate_asq(scrubber, asq, limit=limit)
+    ap = evaluate_corpus(scrubber, "ASQ-PHI", asq_notes(asq, limit=limit))
+    summary.append(f"ASQ-PHI          tuned: yes  recall {a.overall.recall:.3f}  span precision {ap.flagged.precision:.3f}  "
+                   f"hard negatives altered {a.negatives_altered}/{a.negatives}")
+    blocks.append("ASQ-PHI (values, every character covered)\n" + format_asq(a) + "\n" + format_report(ap, "yes"))
+    sr = evaluate_synthea(scrubber, syn, limit=limit)
+    summary.append(f"Synthea notes    tuned: yes  surviving known identifiers {sr.survivor_count}  "
+                   f"other tokens kept {sr.kept_share:.3f}")
+    blocks.append("Synthea notes\n" + format_synthea(sr))
+    reports = []
+    if nursing_notes:
+        from .nursing import generate
+
+        for part, tuned in (("dev", "yes"), ("held-back", "no")):
+            notes = generate(part, nursing_notes, seed)
+            reports.append((evaluate_corpus(scrubber, f"nursing {part}", notes), tuned))
+    for name, notes in own:
+        reports.append((evaluate_corpus(scrubber, name, notes), "no"))
+    for r, tuned in reports:
+        summary.append(f"{r.name:16} tuned: {tuned:3}  recall {r.overall.recall:.3f}  span precision {r.flagged.precision:.3f}  "
+                       f"({r.notes} notes, {r.overall.n} spans)")
+        block = format_report(r, tuned)
+        if details:
+            block += "\n" + "\n".join(f"  missed {t}: {v!r} in ...{c}..." for t, v, c in r.missed)
+        blocks.append(block)
+    click.echo("\n".join(summary))
+    click.echo("\n" + "\n\n".join(blocks))
+
+
+@deid.command("corpus")
+@click.option("--part", type=click.Choice(["dev", "held-back"]), required=True)
+@click.option("--notes", "n", default=300, show_default=True, type=click.IntRange(1))
+@click.option("--seed", default=7, show_default=True, type=int)
+@click.option("--output", required=True, type=click.Path(dir_okay=False), help="JSONL of labelled notes.")
+def corpus_cmd(part: str, n: int, seed: int, output: str) -> None:
+    """Write the generated nursing-notes corpus (labelled JSONL, see docs/deidentification.md)."""
+    from .corpus import write_jsonl
+    from .nursing import generate
+
+    notes = generate(part, n, seed)
+    write_jsonl(notes, output)
+    click.echo(f"{len(notes)} notes, {sum(len(x.spans) for x in notes)} labelled spans -> {output}", err=True)
 
 
 @deid.command("fhir")

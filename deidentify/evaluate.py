@@ -124,6 +124,23 @@ class AsqReport:
         )
 
 
+def asq_notes(path: str | Path, *, limit: int | None = None) -> list:
+    """ASQ-PHI as labelled notes: every occurrence of every labelled value is a gold span (for
+    span precision; recall stays `evaluate_asq`'s value measure)."""
+    from deidentify.corpus import Note
+
+    out = []
+    for i, q in enumerate(subset(load_asq(path), limit)):
+        t = _fold(q.text).lower()
+        spans = []
+        for typ, value in q.tags:
+            v = _fold(value).lower().strip()
+            if v:
+                spans += [(m.start(), m.end(), typ) for m in re.finditer(re.escape(v), t)]
+        out.append(Note(str(i), q.text, tuple(spans)))
+    return out
+
+
 def upper_cased(queries: list[AsqQuery]) -> list[AsqQuery]:
     """The same queries and labels written in capitals (as nursing notes often are)."""
     return [AsqQuery(q.text.upper(), tuple((t, v.upper()) for t, v in q.tags)) for q in queries]

@@ -18,6 +18,7 @@ from presidio_analyzer import AnalyzerEngine, RecognizerResult
 from presidio_analyzer.nlp_engine import NlpArtifacts
 
 from deidentify.casing import is_caps_line, truecase
+from deidentify.vocabulary import is_clinical, is_vetoed
 from deidentify.known import KnownIdentifiers
 from deidentify.operators import Surrogates, placeholder, shift_date_text
 
@@ -25,6 +26,7 @@ Mode = Literal["placeholder", "surrogate"]
 DEFAULT_SCORE_THRESHOLD = 0.4
 NER_LABELS = {"PERSON": "PERSON", "PER": "PERSON", "GPE": "LOCATION", "LOC": "LOCATION", "FAC": "LOCATION"}
 CAPS_NER_SCORE = 0.75
+CAPS_NER = "SpacyRecognizer (re-cased)"  # recognizer name of the second NER pass's results
 NER_SCORE = 0.85  # Presidio's default for spaCy entities
 _NER_CACHE_MAX = 200_000
 _LINE = regex.compile(r"[^\n]+")
@@ -63,6 +65,10 @@ _STATES = frozenset(
 ) | {"new hampshire", "new jersey", "new mexico", "new york state", "north carolina", "north dakota",
      "rhode island", "south carolina", "south dakota", "west virginia", "united states",
      "the united states", "united states of america"}
+# Recognizers whose hits are weak evidence (a model's guess, a capitalised word in a place slot, a
+# dictionary name): their spans go through the clinical-vocabulary veto.
+_WEAK = frozenset({"VisitLocationRecognizer", "CityAbbreviationRecognizer",
+                   "FirstNameRecognizer"})
 _TRAILING_NUMBER = regex.compile(r"[ \t,]+[\d.,]+$")
 _CAPS_RUN = regex.compile(r"\b[A-Z][A-Z'’-]+(?:[ \t,./]+[A-Z][A-Z'’-]+)+\b")
 _CAPS_WORD = regex.compile(r"\b[A-Z][A-Z'’]+\b")
@@ -143,6 +149,11 @@ class TextScrubber:
         views = [self.cased_view(texts[i]) for i in todo]
         ner = self._line_ner(views, bs)
         for i, view, (ents, extra) in zip(todo, views, ner):
+            # Filter the model's entities before Presidio merges them with pattern hits of the same
+            # span: clinical words are never PHI alone; a lone word of a re-cased line needs a list.
+            ents = [e for e in ents if not is_vetoed(view[e.start_char:e.end_char]) and (
+                view is texts[i] or not texts[i][e.start_char:e.end_char].isupper()
+                or _caps_ner_ok(view[e.start_char:e.end_char]))]
             art = NlpArtifacts(entities=ents, tokens=[], tokens_indices=[], lemmas=[],
                                nlp_engine=self._nlp_engine, language="en", scores=[NER_SCORE] * len(ents))
             results = self.analyzer.analyze(
@@ -211,8 +222,9 @@ class TextScrubber:
                 if cased is not None:
                     for a, b, label in cache.get(cased, ()):
                         inside = any(x <= a and b <= y for x, y in runs)
-                        if inside and (self.entities is None or label in self.entities):
-                            extra.append(RecognizerResult(label, off + a, off + b, CAPS_NER_SCORE))
+                        if inside and (self.entities is None or label in self.entities) and _caps_ner_ok(cased[a:b]):
+                            extra.append(RecognizerResult(label, off + a, off + b, CAPS_NER_SCORE,
+                                                          recognition_metadata={"recognizer_name": CAPS_NER}))
             out.append((ents, extra))
         return out
 
@@ -293,6 +305,19 @@ def join_places(text: str, spans: list[Span]) -> list[Span]:
     return out
 
 
+def _caps_ner_ok(value: str) -> bool:
+    """Re-cased text has lost its capitals, so a lone word the model calls a name or a place in it
+    is kept only when a name or place list knows it ("ZOSYN", "MEPILEX" are not)."""
+    words = value.split()
+    if len(words) > 1:
+        return True
+    from deidentify.casing import word_classes
+    from deidentify.recognizers.names import census_first_names, census_last_names
+
+    w = value.lower().strip(".,'’")
+    return w in word_classes()[1] or w in census_first_names() or w in census_last_names()
+
+
 def _merge(group: list[RecognizerResult], end: int) -> Span:
     best = max(group, key=lambda r: (r.score, r.end - r.start))
     return Span(group[0].start, end, best.entity_type, float(best.score))
@@ -303,14 +328,20 @@ def _drop_eponyms(text: str, results: list[RecognizerResult]) -> list[Recognizer
     keep = []
     for r in results:
         name = (r.recognition_metadata or {}).get("recognizer_name", "")
-        if name == "SpacyRecognizer" or r.score == CAPS_NER_SCORE:
+        if name in ("SpacyRecognizer", CAPS_NER):
             value = text[r.start:r.end]
             if _DRUG.search(value) or value.lower() in _STATES or not any(c.isupper() for c in value):
+                continue
+        if name == "FacilityRecognizer" and is_clinical(text[r.start:r.end]):
+            continue  # "CATH LAB", "ICU Clinic": every word clinical
+        if name in _WEAK or name == CAPS_NER:
+            # weak evidence only: clinical words and headings are never PHI on their own
+            if is_vetoed(text[r.start:r.end]):
                 continue
         if r.entity_type in ("PERSON", "LOCATION") and r.score < 1.0:
             if _EPONYM_AFTER.match(text, r.end):
                 continue
-            m = _TRAILING_NUMBER.search(text, r.start, r.end)
+            m = _TRAILING_NUMBER.search(text, r.start, r.end) if name != "WardRecognizer" else None
             if m and m.start() > r.start:
                 r.end = m.start()
         keep.append(r)

@@ -22,6 +22,10 @@ def clinical_recognizers() -> list[EntityRecognizer]:
     from deidentify.recognizers.ssn import SsnRecognizer
     from deidentify.recognizers.visit_location import VisitLocationRecognizer
     from deidentify.recognizers.zip_code import ZipCodeRecognizer
+    from deidentify.recognizers.pager import PagerRecognizer
+    from deidentify.recognizers.patient_name import PatientNameRecognizer
+    from deidentify.recognizers.relative import RelativeNameRecognizer
+    from deidentify.recognizers.ward import WardRecognizer
 
     return [
         MedicalRecordNumberRecognizer(),
@@ -41,4 +45,8 @@ def clinical_recognizers() -> list[EntityRecognizer]:
         CityAbbreviationRecognizer(),
         ClinicianNameRecognizer(),
         FirstNameRecognizer(),
+        RelativeNameRecognizer(),
+        PatientNameRecognizer(),
+        PagerRecognizer(),
+        WardRecognizer(),
     ]

@@ -1,5 +1,8 @@
 """Shared base: a PatternRecognizer whose PATTERNS, CONTEXT and ENTITY are class constants.
 
+A subclass may define `refine(text, start, end, pattern_name) -> (start, end) | None` to trim or
+reject a match by word lists (the vocabulary veto); patterns stay data.
+
 Context words that a pattern needs are written into the pattern itself, so a hit does not
 depend on the lemmatizer: either as a look-behind, or (cheaper: a look-behind is tried at every
 position) as a forward match whose reported span is its named group `v` ("MRN: (?P<v>...)").
@@ -36,10 +39,17 @@ class ClinicalPatternRecognizer(PatternRecognizer):
             compiled = self._compiled[flags] = [(p, regex.compile(p.regex, flags)) for p in self.patterns]
         meta = {RecognizerResult.RECOGNIZER_NAME_KEY: self.name, RecognizerResult.RECOGNIZER_IDENTIFIER_KEY: self.id}
         results = []
+        refine = getattr(self, "refine", None)
         for pattern, rx in compiled:
             grouped = "v" in rx.groupindex
-            for m in rx.finditer(text):
+            # with `refine`, a match that refine trims must not hide the next one: overlapped
+            for m in rx.finditer(text, overlapped=refine is not None and grouped):
                 start, end = m.span("v") if grouped else m.span()
+                if refine is not None:  # the class trims or rejects a match (word lists)
+                    got = refine(text, start, end, pattern.name)
+                    if got is None:
+                        continue
+                    start, end = got
                 if start >= end:
                     continue
                 value = text[start:end]
@@ -75,3 +85,57 @@ US_STATES = (
     r"(?-i:AL|AK|AZ|AR|CA|CO|CT|DE|DC|FL|GA|HI|ID|IL|IN|IA|KS|KY|LA|ME|MD|MA|MI|MN|MS|MO|MT|NE|NV"
     r"|NH|NJ|NM|NY|NC|ND|OH|OK|OR|PA|RI|SC|SD|TN|TX|UT|VT|VA|WA|WV|WI|WY|PR)"
 )
+
+
+def name_word_ok(word: str, *, strict: bool = False) -> bool:
+    """A word after a title or a relation word can be a name: not a stop word, and not a vetoed
+    word (clinical or common English) unless it is also a census name and `strict` is off."""
+    from deidentify.casing import STOP_WORDS_SET, word_classes
+    from deidentify.recognizers.names import census_first_names, census_last_names
+    from deidentify.vocabulary import clinical_vocabulary, veto_words
+
+    w = word.lower().replace("’", "'").removesuffix("'s")
+    if len(w) < 2 or not w[0].isalpha() or w in STOP_WORDS_SET() or w in NOT_NAME_WORDS or w in RELATION_WORDS:
+        return False
+    if w not in veto_words() and w not in word_classes()[0]:  # English words that are not names
+        return True
+    if strict or w in clinical_vocabulary():
+        return False
+    return w in census_first_names() or w in census_last_names()
+
+
+TITLE_WORDS = frozenset("dr doctor mr mrs ms miss np rn pa pa-c md aprn crna lpn nurse resident fellow attending".split())
+RELATION_WORDS = frozenset(
+    """daughter son wife husband spouse sister brother niece nephew mother mom father dad friend neighbor
+    neighbour granddaughter grandson grandmother grandfather grandchild cousin aunt uncle partner fiance
+    fiancee girlfriend boyfriend significant other so hcp hcpoa poa proxy guardian caregiver roommate
+    sibling stepson stepdaughter""".split()
+)
+# Note verbs and words that follow a title or a relation word and are not names.
+NOT_NAME_WORDS = frozenset(
+    """aware notified paged called updated here present bedside visited visiting phoned states stated
+    reports reported says said will would wants wanted at in on to by with and or from via per re
+    the a an is was has had are were be been feels felt asked requested came left arrived gave given
+    plans planned agrees agreed informed notes noted ordered spoke discussed d/w made signed consent
+    consented available unavailable involved pt patient family md rn np pa team service""".split()
+)
+
+
+def trim_name_words(text: str, start: int, end: int, *, strict: bool = False) -> tuple[int, int] | None:
+    """Keep the leading run of name-like words of text[start:end] (see `name_word_ok`)."""
+    import regex as _re
+
+    last = None
+    leading = True
+    for m in _re.finditer(r"[^\s,;:()]+", text[start:end]):
+        word = m.group().rstrip(".")
+        if leading and word.lower() in TITLE_WORDS:  # "fellow np Persijn"
+            continue
+        leading = False
+        if len(word) == 1 and word.isalpha():  # an initial
+            last = start + m.end()
+            continue
+        if not name_word_ok(word, strict=strict):
+            break
+        last = start + m.start() + len(word)
+    return (start, last) if last else None

@@ -16,7 +16,7 @@ FACILITY = (
     r"|health(?:care)?(?:[ \t]+(?:system|center|centre|network|partners|services|clinic))?|infirmary|sanatorium|hospice"
     r"|nursing[ \t]+(?:home|facility|center)|rehab(?:ilitation)?(?:[ \t]+(?:center|hospital|facility))?"
     r"|urgent[ \t]+care|emergency[ \t]+(?:center|department)|surgery[ \t]+center|surgical[ \t]+center|care[ \t]+center"
-    r"|memorial|general|regional|presbyterian|methodist|baptist|children'?s|cancer[ \t]+(?:center|institute)"
+    r"|memorial|general|regional|presbyterian|methodist|baptist|adventist|lutheran|episcopal|children'?s|cancer[ \t]+(?:center|institute)"
     r"|institute|pavilion|physicians|associates|pediatrics|family[ \t]+practice|practice|pharmacy|laboratory|labs?"
     r"|university|VA|VAMC|center|centre)"
 )

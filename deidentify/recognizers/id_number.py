@@ -29,3 +29,13 @@ class IdNumberRecognizer(ClinicalPatternRecognizer):
         Pattern("Id (digits)", r"(?<![\w.,/-])\d{6,}(?![\w/-]|[.,]\d)", 0.5),
     ]
     CONTEXT = ["id", "identifier", "license", "number"]
+
+    def invalidate_result(self, pattern_text: str) -> bool:
+        """Ranges, times and ratios are not identifiers: "95-98", "0700-1900", "18-22"."""
+        groups = pattern_text.split("-")
+        if len(groups) == 2 and all(g.isdigit() for g in groups):
+            digits = sum(len(g) for g in groups)
+            a, b = (int(g) for g in groups)
+            times = all(len(g) == 4 and int(g[:2]) <= 24 and int(g[2:]) < 60 for g in groups)
+            return digits < 6 or times or (len(groups[0]) == len(groups[1]) and a < b and digits <= 8 and b - a < a)
+        return False
