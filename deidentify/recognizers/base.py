@@ -62,7 +62,10 @@ class ClinicalPatternRecognizer(PatternRecognizer):
                 if score > EntityRecognizer.MIN_SCORE:
                     results.append(RecognizerResult(self.supported_entities[0], start, end, score,
                                                     recognition_metadata=dict(meta)))
-        return EntityRecognizer.remove_duplicates(results)
+        results = EntityRecognizer.remove_duplicates(results)
+        # a hit inside another hit of this recognizer adds nothing ("Jones" inside "NP Jones")
+        return [r for r in results if not any(o is not r and o.start <= r.start and r.end <= o.end
+                                              and (o.start, o.end) != (r.start, r.end) for o in results)]
 
 
 # Fragments shared by several recognizers.
@@ -90,14 +93,14 @@ US_STATES = (
 def name_word_ok(word: str, *, strict: bool = False) -> bool:
     """A word after a title or a relation word can be a name: not a stop word, and not a vetoed
     word (clinical or common English) unless it is also a census name and `strict` is off."""
-    from deidentify.casing import STOP_WORDS_SET, word_classes
+    from deidentify.casing import STOP_WORDS_SET, _is_in, word_classes
     from deidentify.recognizers.names import census_first_names, census_last_names
     from deidentify.vocabulary import clinical_vocabulary, veto_words
 
     w = word.lower().replace("’", "'").removesuffix("'s")
     if len(w) < 2 or not w[0].isalpha() or w in STOP_WORDS_SET() or w in NOT_NAME_WORDS or w in RELATION_WORDS:
         return False
-    if w not in veto_words() and w not in word_classes()[0]:  # English words that are not names
+    if w not in veto_words() and not _is_in(w, word_classes()[0]):  # English words (any form) that are not names
         return True
     if strict or w in clinical_vocabulary():
         return False

@@ -20,6 +20,8 @@ class PagerRecognizer(ClinicalPatternRecognizer):
         # "x3" (times three) and "x 10 days" are counts, not extensions: an extension has 4+ digits
         label_start = text.rfind(" ", 0, max(0, start - 1)) + 1
         label = text[label_start:start].strip().lower()
-        if label in ("x", "x:", "ext", "ext.") and sum(c.isdigit() for c in text[start:end]) < 4:
+        if label in ("x", "x:") and "-" not in text[start:end]:
+            return None  # "x 1000": a count; an extension after a bare x is written x4-5521
+        if label in ("ext", "ext.") and sum(c.isdigit() for c in text[start:end]) < 4:
             return None
         return start, end

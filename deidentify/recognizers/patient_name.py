@@ -26,7 +26,7 @@ class PatientNameRecognizer(ClinicalPatternRecognizer):
     def refine(self, text: str, start: int, end: int, pattern: str) -> tuple[int, int] | None:
         if pattern == "Patient (introduced)":
             words = list(regex.finditer(r"[^\s,]+", text[start:end]))
-            if not words or not all(name_word_ok(w.group().rstrip("."), strict=True) for w in words):
+            if not words or not all(name_word_ok(w.group().rstrip(".")) for w in words):
                 return None
             return start, end
         return trim_name_words(text, start, end, strict=True)

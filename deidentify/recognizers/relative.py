@@ -23,10 +23,10 @@ class RelativeNameRecognizer(ClinicalPatternRecognizer):
     PATTERNS = [
         # daughter Ann / proxy is niece: Rosa / wife (Maria) / HCP: Rosa / son named Tom
         Pattern("Relative (after relation)",
-                rf"\b{RELATION}\b(?:'s)?[ \t]*(?:is|named|name[ \t]+is)?[ \t]*(?:(?:the|pt'?s|his|her|a)[ \t]+)?(?:{RELATION}\b[ \t]*)?[:(,-]?[ \t]*(?P<v>{NAME2})", 0.8),
+                rf"(?<![\w'’]){RELATION}\b(?:'s)?[ \t]*(?:is|named|name[ \t]+is)?[ \t]*(?:(?:the|pt'?s|his|her|a)[ \t]+)?(?:{RELATION}\b[ \t]*)?[:(,-]?[ \t]*(?P<v>{NAME2})", 0.8),
         # Rosa (niece) / Rosa (pt's daughter) / Rosa, pt's son / Rosa - daughter
         Pattern("Relative (before relation)",
-                rf"(?P<v>{NAME2})[ \t]*(?:\([ \t]*|,[ \t]*|[ \t]-[ \t]*)(?:the[ \t]+)?(?:pt'?s[ \t]+|patient'?s[ \t]+|his[ \t]+|her[ \t]+)?{RELATION}\b", 0.75),
+                rf"(?<![\w'’])(?P<v>{NAME2})[ \t]*(?:\([ \t]*|,[ \t]*|[ \t]-[ \t]*)(?:the[ \t]+)?(?:pt'?s[ \t]+|patient'?s[ \t]+|his[ \t]+|her[ \t]+)?{RELATION}\b", 0.75),
     ]
     CONTEXT = ["daughter", "son", "wife", "husband", "proxy"]
 
