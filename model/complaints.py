@@ -38,6 +38,12 @@ _PAIN_SCORE = re.compile(r"\b(10|[0-9])\s*/\s*10\b")
 _MIN_FUZZY = 5  # letters: shorter words are abbreviations, never fuzzy-corrected
 _FUZZY_CUTOFF = 0.84
 _NEGATION_WINDOW = 5
+RESOURCE_WEIGHT = {"complex_procedure": 2}  # ESI v4 Table 5-1; every other kind counts 1
+# Numbers nurses write into a complaint that settle a finding: a temperature of 38 or more is a
+# fever, a glucose under 70 mg/dL (3.9 mmol/L) is hypoglycaemia, weeks of pregnancy.
+_TEMPERATURE = re.compile(r"\b(?:t|temp|tmax|fever|febrile)\s*(?:of|to|=|:)?\s*(\d{2,3}(?:\.\d)?)", re.I)
+_GLUCOSE = re.compile(r"\b(?:bg|bs|cbg|fsbs|glucose|sugar|blood sugar)\s*(?:of|=|:|is|was)?\s*(\d{1,3}(?:\.\d)?)", re.I)
+_WEEKS = re.compile(r"\b(\d{1,2})\s*(?:\+\d\s*)?(?:wks?|weeks?)\b", re.I)
 
 
 @dataclass(frozen=True)
@@ -53,8 +59,14 @@ class Entry:
     min_age: int | None = None
     max_age: int | None = None
     max_age_days: int | None = None
-    resources: int | None = None
-    which: tuple[str, ...] = ()
+    min_weeks: int | None = None  # of pregnancy
+    max_weeks: int | None = None
+    which: tuple[str, ...] = ()  # decision point C: the resources this category expects
+
+    def applies_to_weeks(self, weeks: int | None) -> bool:
+        if weeks is None:
+            return True
+        return (self.min_weeks is None or weeks >= self.min_weeks) and (self.max_weeks is None or weeks <= self.max_weeks)
 
     def applies_to_age(self, age_years: int | None, age_days: int | None) -> bool:
         if self.min_age is not None and (age_years is None or age_years < self.min_age):
@@ -73,7 +85,6 @@ class Match:
     id: str
     matched: str
     source: str
-    resources: int | None = None
     which: tuple[str, ...] = ()
 
 
@@ -85,13 +96,20 @@ class ComplaintFindings:
     resource_matches: tuple[Match, ...] = ()  # decision point C
     pain: float | None = None  # "8/10" written in the complaint
     negated: tuple[str, ...] = ()  # words read as negated (shown on the card)
+    immunized: bool = False  # "shots UTD": the paediatric fever rule's exception
+
+    @property
+    def resource_kinds(self) -> tuple[str, ...]:
+        """The distinct resources every matching category expects, in table order."""
+        return tuple(dict.fromkeys(k for m in self.resource_matches for k in m.which))
 
     @property
     def resources(self) -> int | None:
-        """Expected resources (the most any matching category needs); None when unknown."""
+        """Expected resources (ESI counts kinds, a complex procedure as two); None when no
+        category matched, which the rules take as unknown."""
         if not self.resource_matches:
             return None
-        return max(m.resources or 0 for m in self.resource_matches)
+        return sum(RESOURCE_WEIGHT.get(k, 1) for k in self.resource_kinds)
 
     def has(self, entry_id: str) -> bool:
         return any(m.id == entry_id for m in (*self.life_saving, *self.high_risk, *self.resource_matches))
@@ -143,8 +161,8 @@ def load_tables() -> _Tables:
                 unless_any=tuple(phrase(p) for p in row.get("unless_any", ())),
                 snomed=frozenset(str(c) for c in row.get("snomed", ())),
                 min_age=row.get("min_age"), max_age=row.get("max_age"),
-                max_age_days=row.get("max_age_days"), resources=row.get("resources"),
-                which=tuple(row.get("which", ())),
+                max_age_days=row.get("max_age_days"), min_weeks=row.get("min_weeks"),
+                max_weeks=row.get("max_weeks"), which=tuple(row.get("which", ())),
             ))
         return tuple(out)
 
@@ -167,10 +185,19 @@ def load_tables() -> _Tables:
     )
 
 
+@functools.lru_cache(maxsize=1)
+def _english() -> Any:
+    """pyspellchecker's English word list (MIT): a real word is never "corrected" into another
+    ("gaping" is not "gasping", "restrained" is not "unrestrained")."""
+    from spellchecker import SpellChecker
+
+    return SpellChecker(language="en", distance=1)
+
+
 @functools.lru_cache(maxsize=4096)
 def _correct(word: str, vocabulary: frozenset[str]) -> tuple[str, ...]:
     """A close misspelling of a table word, or two table words written together."""
-    if word in vocabulary or len(word) < _MIN_FUZZY or not word.isalpha():
+    if word in vocabulary or len(word) < _MIN_FUZZY or not word.isalpha() or word in _english():
         return (word,)
     for cut in range(3, len(word) - 2):  # "chestpain", "abdpain"
         left, right = word[:cut], word[cut:]
@@ -180,9 +207,29 @@ def _correct(word: str, vocabulary: frozenset[str]) -> tuple[str, ...]:
     return (close[0],) if close else (word,)
 
 
+def _numbers(text: str) -> str:
+    """Words for the numbers that settle a finding, added at the end as their own clause."""
+    words = []
+    for found in _TEMPERATURE.finditer(text):
+        value = float(found.group(1))
+        if 38.0 <= value <= 43.0 or 100.4 <= value <= 110.0:
+            words.append("fever")
+    for found in _GLUCOSE.finditer(text):
+        value = float(found.group(1))
+        if value < 70 and not (value < 4 and "." not in found.group(1)):
+            words.append("hypoglycemia")
+    return " . " + " ".join(words) if words else ""
+
+
+def pregnancy_weeks(text: str) -> int | None:
+    found = _WEEKS.search(text)
+    return int(found.group(1)) if found and re.search(r"preg|gestation|iup|g\d", text, re.I) else None
+
+
 def normalise(text: str) -> tuple[list[str], list[bool]]:
     """Tokens of a complaint (expanded, corrected) and, for each, whether it is negated."""
     tables = load_tables()
+    text = text + _numbers(text)
     tokens: list[str] = []
     for tok in _expand(_raw_tokens(text), tables.abbreviations):
         tokens.extend(_correct(tok, tables.vocabulary))
@@ -241,10 +288,11 @@ def _first(phrases: Iterable[tuple[str, ...]], tokens: Sequence[str], negated: S
 
 
 def _match(entries: Iterable[Entry], tokens: Sequence[str], negated: Sequence[bool],
-           codes: frozenset[str], age_years: int | None, age_days: int | None) -> tuple[Match, ...]:
+           codes: frozenset[str], age_years: int | None, age_days: int | None,
+           weeks: int | None) -> tuple[Match, ...]:
     out = []
     for entry in entries:
-        if not entry.applies_to_age(age_years, age_days):
+        if not entry.applies_to_age(age_years, age_days) or not entry.applies_to_weeks(weeks):
             continue
         code = next(iter(sorted(entry.snomed & codes)), None)
         hit = f"SNOMED {code}" if code else _first(entry.phrases, tokens, negated)
@@ -254,8 +302,7 @@ def _match(entries: Iterable[Entry], tokens: Sequence[str], negated: Sequence[bo
             continue
         if entry.unless_any and _first(entry.unless_any, tokens, negated) is not None:
             continue
-        out.append(Match(id=entry.id, matched=hit, source=entry.source,
-                         resources=entry.resources, which=entry.which))
+        out.append(Match(id=entry.id, matched=hit, source=entry.source, which=entry.which))
     return tuple(out)
 
 
@@ -276,6 +323,7 @@ def assess_complaint(
     tables = load_tables()
     # Each place is its own clause: a negation never runs from one into the next.
     tokens, negated = normalise(" . ".join(parts))
+    weeks = next((w for w in map(pregnancy_weeks, parts) if w is not None), None)
     pain = None
     for text in parts:
         found = _PAIN_SCORE.search(text)
@@ -283,10 +331,11 @@ def assess_complaint(
             pain = max(pain or 0.0, float(found.group(1)))
     return ComplaintFindings(
         present=True,
-        life_saving=_match(tables.life_saving, tokens, negated, codes, age_years, age_days),
-        high_risk=_match(tables.high_risk, tokens, negated, codes, age_years, age_days),
-        resource_matches=_match(tables.resources, tokens, negated, codes, age_years, age_days),
+        life_saving=_match(tables.life_saving, tokens, negated, codes, age_years, age_days, weeks),
+        high_risk=_match(tables.high_risk, tokens, negated, codes, age_years, age_days, weeks),
+        resource_matches=_match(tables.resources, tokens, negated, codes, age_years, age_days, weeks),
         pain=pain,
+        immunized=any(t == "immunized" and not n for t, n in zip(tokens, negated)),
         # Only the tables' own words: a negated word is never free text that could be PHI.
         negated=tuple(dict.fromkeys(t for t, n in zip(tokens, negated) if n and t in tables.vocabulary)),
     )
@@ -298,6 +347,6 @@ def table_rows() -> list[dict[str, Any]]:
     rows = []
     for point, entries in (("A", tables.life_saving), ("B", tables.high_risk), ("C", tables.resources)):
         for e in entries:
-            rows.append({"decision_point": point, "id": e.id, "source": e.source, "resources": e.resources,
+            rows.append({"decision_point": point, "id": e.id, "source": e.source, "which": list(e.which),
                          "phrases": [" ".join(p) for p in e.phrases]})
     return rows

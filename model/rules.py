@@ -34,7 +34,7 @@ Point  Triggered by (the most urgent trigger wins; every trigger is listed in `r
 A -> 1 complaint needing an immediate life-saving intervention (arrest, apnoea, unresponsive,
        active seizure, anaphylaxis, ...); ACVPU P or U; SpO2 < 85 % (< 90 % with a breathing
        complaint); systolic BP <= 70 mmHg (<= 60 in neonates); respiratory rate < 8 (age >= 1);
-       heart rate < 40 with systolic BP < 90
+       adult systolic BP < 90 with heart rate < 40 or >= 120, or with new confusion
 B -> 2 high-risk complaint (adult chest pain, stroke signs, SI/HI, overdose, GI bleeding, ...);
        ACVPU C or V (new confusion); severe pain (>= 7/10) unless the complaint is a minor one
        expecting at most one resource; NEWS2 >= 7 (age >= 16 or unknown); SpO2 < 90 %;
@@ -618,9 +618,16 @@ def _assign_acuity(
         add(Acuity.RESUSCITATION, "A", f"SBP {_fmt(sbp.value)}", f"systolic BP {_fmt(sbp.value)} mmHg <= {resus_sbp}")
     if not rr.missing and rr.value < 8 and (age_years is None or age_years >= 1):
         add(Acuity.RESUSCITATION, "A", f"RR {_fmt(rr.value)}", f"respiratory rate {_fmt(rr.value)}/min < 8")
-    if adult and not pulse.missing and pulse.value < 40 and not sbp.missing and sbp.value < 90:
-        add(Acuity.RESUSCITATION, "A", f"HR {_fmt(pulse.value)}, SBP {_fmt(sbp.value)}",
-            f"heart rate {_fmt(pulse.value)}/min with systolic BP {_fmt(sbp.value)} mmHg: hypoperfusion")
+    if adult and not sbp.missing and resus_sbp < sbp.value < 90:
+        # Hypotension with signs of hypoperfusion (ESI v4 ch. 3): a rate far off, or a changed mind.
+        signs = []
+        if not pulse.missing and (pulse.value < 40 or pulse.value >= 120):
+            signs.append(f"heart rate {_fmt(pulse.value)}/min")
+        if not acvpu.missing and acvpu.value in ("C", "V"):
+            signs.append(acvpu.note)
+        if signs:
+            add(Acuity.RESUSCITATION, "A", f"SBP {_fmt(sbp.value)} with {signs[0]}",
+                f"systolic BP {_fmt(sbp.value)} mmHg with {' and '.join(signs)}: hypoperfusion")
 
     # B: high-risk situation, new confusion, severe pain or distress.
     for m in complaint.high_risk:
@@ -664,14 +671,15 @@ def _assign_acuity(
             f"{why}: ESI 3-5 depend on the resources expected; taken as 3 until a nurse decides")
     else:
         level = Acuity.URGENT if resources >= 2 else (Acuity.LESS_URGENT if resources == 1 else Acuity.NON_URGENT)
-        for m in complaint.resource_matches:
-            if m.resources == resources:
-                needs = ", ".join(m.which) if m.which else "none"
-                add(level, "C", f"{m.matched}: {_resource_words(resources)}",
-                    f"\"{m.matched}\" expects {_resource_words(resources)} ({needs}; {m.source})")
-                break
+        names = ", ".join(dict.fromkeys(m.matched for m in complaint.resource_matches))
+        kinds = ", ".join(k.replace("_", " ") for k in complaint.resource_kinds) or "none"
+        add(level, "C", f"{names}: {_resource_words(resources)}",
+            f"\"{names}\" expects {_resource_words(resources)} ({kinds}; ESI v4 handbook ch. 5)")
     if fever and fever[1] == Acuity.URGENT:
-        add(Acuity.URGENT, "C", "fever > 39 °C", f"infant fever: {fever[0]}")
+        if complaint.immunized and complaint.resource_matches:
+            found.append((Acuity.NON_URGENT, "C", "", f"{fever[0]}: not applied, immunized with a source named"))
+        else:
+            add(Acuity.URGENT, "C", "fever > 39 °C", f"infant fever: {fever[0]}")
 
     # D: danger-zone vitals move a level 3 to 2.
     provisional = min(f[0] for f in found)
