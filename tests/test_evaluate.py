@@ -124,3 +124,25 @@ def test_the_ai_card_goes_through_the_same_harness(tmp_path, tiny_model_dir):
     assert model["answered"] == 2 and model["schema_valid_rate"] == 1.0  # the tiny model is random, its cards valid
     assert model["identifier_leaks"] == 0
     assert "model  all" in result.output
+
+
+def test_bundle_cases_with_labels_and_planted_identifiers_never_leak_into_cards(tmp_path):
+    from cds_hooks.evaluate import _identifiers, case_bundle
+    from deidentify.leaks import find_leaks
+    from model.evaluate import Case
+
+    folder = tmp_path / "bundles"
+    folder.mkdir()
+    bundle = case_bundle(Case(id="planted", split="x", esi=2, age_years=61, sex="male", complaint="x", hr=90))
+    patient = next(e["resource"] for e in bundle["entry"] if e["resource"]["resourceType"] == "Patient")
+    patient["name"] = [{"family": "Quagmire", "given": ["Horatio"]}]
+    encounter = next(e["resource"] for e in bundle["entry"] if e["resource"]["resourceType"] == "Encounter")
+    encounter["reasonCode"] = [{"text": "chest pain, brought in by Horatio Quagmire's wife"}]
+    (folder / "case1.json").write_text(json.dumps(bundle))
+    (folder / "labels.jsonl").write_text(json.dumps({"file": "case1.json", "esi": 2, "age_years": 61, "sex": "male"}) + "\n")
+    assert sum(find_leaks("seen: Horatio Quagmire", _identifiers(bundle)).values()) >= 1  # the check can fire
+    out = tmp_path / "out"
+    result = CliRunner().invoke(evaluate, [str(folder), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    rules = json.loads((out / "metrics.json").read_text())["triagers"]["rules"]
+    assert rules["overall"]["exact"] == 1.0 and rules["identifier_leaks"] == 0
