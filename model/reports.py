@@ -46,6 +46,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 Status = Literal["ready", "pending", "unavailable", "disabled"]
+EMBEDDED_NICE = 10  # niceness of the embedded worker process (lower CPU priority than the API)
 _READY_STATES = frozenset({"SUCCESS", "FAILURE", "REVOKED"})
 
 
@@ -265,6 +266,12 @@ def _embedded_child(engine_config: EngineConfig, window: BatchWindow, torch_thre
     from model.cache import MemoryReportCache
 
     torch.set_num_threads(max(1, torch_threads))  # leave the other cores to the API's hook threads
+    try:
+        # Reports are background work; hook calls have a deadline: on a shared CPU the kernel
+        # serves the API first (measured in bench/hook_latency.py, docs/deployment.md).
+        os.nice(EMBEDDED_NICE)
+    except OSError:
+        pass
     pool = EmbeddedPool(engine_config, MemoryReportCache(), window=window)
     load_error = None
     try:
