@@ -139,7 +139,8 @@ class Server:
                 start_new_session=True, preexec_fn=lambda: os.nice(10)))
         self.procs.append(subprocess.Popen(
             [sys.executable, "-m", "cds_hooks.cli", "serve", "--host", "127.0.0.1", "--port", str(self.port),
-             "--workers", str(args.workers), "--threads", str(args.threads), "--worker-class", args.worker_class],
+             "--workers", str(args.workers), "--threads", str(args.threads), "--worker-class", args.worker_class,
+             "--keepalive", str(args.keepalive)],
             cwd=ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True))
         self.mode = mode
 
@@ -323,6 +324,7 @@ def main() -> int:
     parser.add_argument("--workers", type=int, default=2, help="gunicorn workers (default 2)")
     parser.add_argument("--threads", type=int, default=16, help="threads per gunicorn worker (default 16)")
     parser.add_argument("--worker-class", default="gthread", choices=["gthread", "sync"])
+    parser.add_argument("--keepalive", type=int, default=0, help="gunicorn keep-alive seconds (default 0)")
     parser.add_argument("--deadline-ms", type=int, default=None, help="TRIAGE_HOOK_DEADLINE_MS (default: the service's)")
     parser.add_argument("--warmup", type=int, default=40, help="warm-up requests per server, not measured")
     parser.add_argument("--settle-s", type=float, default=150, help="longest wait for a phase's reports to finish")
@@ -351,6 +353,7 @@ def main() -> int:
     run = uuid.uuid4().hex[:8]
     deadline_ms = args.deadline_ms or DEFAULT_DEADLINE_MS
     print(f"triage hook latency: {args.workers} gunicorn {args.worker_class} workers x {args.threads} threads, "
+          f"keep-alive {args.keepalive} s, "
           f"deadline {deadline_ms} ms, {os.cpu_count()} CPUs, load average before {os.getloadavg()[0]:.2f}",
           flush=True)
     results: dict = {}

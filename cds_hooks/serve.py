@@ -96,8 +96,12 @@ def _gunicorn_app(options: dict[str, Any]) -> Any:
 @click.option("--worker-class", type=click.Choice(["gthread", "sync"]), default="gthread", show_default=True,
               help="gunicorn worker class: gthread (threads; measured in docs/deployment.md) or sync "
                    "(one call per worker at a time).")
+@click.option("--keepalive", type=click.IntRange(0, 300), default=0, show_default=True,
+              help="Seconds a gthread worker keeps an idle client connection open; 0 closes it after "
+                   "each response, so every call is accepted by whichever worker is least busy.")
 @click.option("--debug", is_flag=True, help="Flask's development server with the debugger (never in production).")
-def serve(host: str, port: int, workers: int, threads: int, worker_class: str, debug: bool) -> None:
+def serve(host: str, port: int, workers: int, threads: int, worker_class: str, keepalive: int,
+          debug: bool) -> None:
     """Run the CDS Hooks service (discovery at /cds-services)."""
     if not host.strip():
         raise click.ClickException("--host must not be empty")
@@ -119,6 +123,7 @@ def serve(host: str, port: int, workers: int, threads: int, worker_class: str, d
             # of `threads` threads; with sync workers it held the whole process (issue 16).
             "worker_class": worker_class,
             "threads": threads if worker_class == "gthread" else 1,
+            "keepalive": keepalive,
             "accesslog": None,  # the app logs requests itself, without query strings or bodies
             "errorlog": "-",
             "loglevel": "info",
