@@ -168,8 +168,11 @@ class Server:
             f.seek(offset)
             text = f.read()
         out: Counter[str] = Counter()
-        for m in re.finditer(r": AI report (\w+) \([^)]*\) (cache-hit|decision=(?:no-)?wait reason=[\w-]+)", text):
-            out[f"{m.group(1)}/{m.group(2).replace('decision=', '')}"] += 1
+        for m in re.finditer(r": AI report (\w+) \(([^)]*)\) (cache-hit|late|decision=none|"
+                             r"decision=(?:no-)?wait reason=[\w-]+)", text):
+            decision = m.group(3).replace("decision=", "")
+            why = f" ({m.group(2)})" if decision in ("none", "late") else ""
+            out[f"{m.group(1)}/{decision}{why}"] += 1
         return out
 
     def stop(self) -> None:
