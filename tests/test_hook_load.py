@@ -110,7 +110,7 @@ def test_burst_beyond_workers_answers_inside_the_deadline_and_a_later_view_shows
         for status, cards, elapsed_ms in results:
             assert status == 200
             assert elapsed_ms < DEADLINE_MS + MARGIN_MS, [round(r[2]) for r in results]
-            assert cards[0]["source"]["label"].startswith("Triage CDS vital-sign rules")
+            assert cards[0]["source"]["label"].startswith("Triage CDS rules")
             assert cards[-1]["summary"] == PENDING_SUMMARY
 
         # A later view of the last chart of the burst shows its report (the job kept running).
