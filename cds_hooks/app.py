@@ -62,6 +62,8 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     from cds_hooks.hook import Runtime
 
     app.extensions["triage_runtime"] = runtime = Runtime.from_app(app)
+    # The AI report estimate and the hooks' wait decisions of this process (for a /metrics).
+    app.extensions["triage_report_stats"] = runtime.reports.stats
     from cds_hooks.ai_cards import describe_ai_mode
 
     # Discovery says whether AI reports are on ("rules-only" when no model is configured).

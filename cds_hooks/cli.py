@@ -31,6 +31,7 @@ class _LazyGroup(click.Group):
     cls=_LazyGroup,
     lazy={
         "serve": "cds_hooks.serve:serve",
+        "prescreen": "cds_hooks.bulk_prescreen:prescreen",
         "deid": "deidentify.cli:deid",
         "model": "model.cli:model_group",
         "worker": "model.cli:worker",

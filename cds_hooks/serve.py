@@ -55,6 +55,16 @@ def _build_app() -> Any:
         raise click.ClickException(str(exc).replace("\n", " ")) from None
 
 
+def _warm_worker(worker: Any) -> None:
+    """gunicorn post_worker_init: what the first call would pay inside its deadline is paid here
+    (lazy parsing state, the embedded report worker process)."""
+    from cds_hooks.hook import warm_up
+
+    runtime = getattr(worker.wsgi, "extensions", {}).get("triage_runtime")
+    if runtime is not None:
+        warm_up(runtime)
+
+
 def _gunicorn_app(options: dict[str, Any]) -> Any:
     from gunicorn.app.base import BaseApplication
 
@@ -80,8 +90,18 @@ def _gunicorn_app(options: dict[str, Any]) -> Any:
 @click.option("--port", type=click.IntRange(1, 65535), default=8080, show_default=True, help="TCP port.")
 @click.option("--workers", type=click.IntRange(1, 64), default=2, show_default=True,
               help="gunicorn worker processes (about one per CPU core).")
+@click.option("--threads", type=click.IntRange(1, 256), default=16, show_default=True,
+              help="Request threads per worker (gthread): a call waiting for an AI report holds a "
+                   "thread, never a whole worker.")
+@click.option("--worker-class", type=click.Choice(["gthread", "sync"]), default="gthread", show_default=True,
+              help="gunicorn worker class: gthread (threads; measured in docs/deployment.md) or sync "
+                   "(one call per worker at a time).")
+@click.option("--keepalive", type=click.IntRange(0, 300), default=0, show_default=True,
+              help="Seconds a gthread worker keeps an idle client connection open; 0 closes it after "
+                   "each response, so every call is accepted by whichever worker is least busy.")
 @click.option("--debug", is_flag=True, help="Flask's development server with the debugger (never in production).")
-def serve(host: str, port: int, workers: int, debug: bool) -> None:
+def serve(host: str, port: int, workers: int, threads: int, worker_class: str, keepalive: int,
+          debug: bool) -> None:
     """Run the CDS Hooks service (discovery at /cds-services)."""
     if not host.strip():
         raise click.ClickException("--host must not be empty")
@@ -99,12 +119,17 @@ def serve(host: str, port: int, workers: int, debug: bool) -> None:
         {
             "bind": bind,
             "workers": workers,
-            "worker_class": "sync",
+            # gthread: a hook call waiting for an AI report (or the EHR's FHIR server) holds one
+            # of `threads` threads; with sync workers it held the whole process (issue 16).
+            "worker_class": worker_class,
+            "threads": threads if worker_class == "gthread" else 1,
+            "keepalive": keepalive,
             "accesslog": None,  # the app logs requests itself, without query strings or bodies
             "errorlog": "-",
             "loglevel": "info",
             "timeout": 30,
             "graceful_timeout": 10,
             "proc_name": "triage-cds",
+            "post_worker_init": _warm_worker,
         }
     ).run()

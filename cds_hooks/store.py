@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 import uuid as uuidlib
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -218,6 +220,7 @@ class Store:
         if self.dialect == "postgresql":
             kwargs["pool_pre_ping"] = True
         self.engine = sa.create_engine(parsed, **kwargs)
+        self._write_lock = threading.Lock()
         if self.dialect == "sqlite":
             _install_sqlite_pragmas(self.engine)
 
@@ -264,8 +267,14 @@ class Store:
     def dispose(self) -> None:
         self.engine.dispose()
 
-    def _write_connection(self) -> Connection:
-        return self.engine.connect().execution_options(triage_write=True)
+    @contextmanager
+    def _write_connection(self) -> Iterator[Connection]:
+        # SQLite has one writer at a time and its busy handler sleeps in steps of up to 100 ms:
+        # with many request threads per process (gthread) writers queue here on a lock instead
+        # (measured: a 4 s tail at 16 concurrent calls without it).
+        with self._write_lock if self.dialect == "sqlite" else nullcontext():
+            with self.engine.connect().execution_options(triage_write=True) as conn:
+                yield conn
 
     def _insert(self, table: sa.Table) -> Any:
         if self.dialect == "postgresql":

@@ -5,9 +5,10 @@
 
 1. cache hit -> "ready" at once;
 2. else the job is submitted (Celery when `TRIAGE_BROKER_URL` is set, else the embedded pool, a
-   local child process running the same `model.tasks.run_batch`) unless the same input is already in flight,
-   and the caller waits up to the deadline: "ready", else "pending" (the job keeps running and
-   fills the cache for the next view);
+   local child process running the same `model.tasks.run_batch`) unless the same input is already in
+   flight; the caller waits up to the deadline only when the running estimate (`model.estimate`)
+   says the report can be ready in time: "ready", else "pending" at once (the job keeps running
+   and fills the cache for the next view);
 3. the broker is down or refuses -> "unavailable" within the deadline (a circuit breaker then
    skips the broker for `TRIAGE_BROKER_RETRY_S`);
 4. no `TRIAGE_MODEL_PATH` -> "disabled" (rules-only service).
@@ -16,6 +17,7 @@ Only `DeidentifiedRecord` payloads leave this module.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import queue as queue_mod
@@ -31,6 +33,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from model.batching import BatchWindow
 from model.cache import INVALID_TTL_S, ReportCache, cache_key, make_cache
+from model.estimate import Decision, ReportEstimator
 from model.settings import InferenceSettings, inference_settings
 
 if TYPE_CHECKING:
@@ -43,6 +46,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 Status = Literal["ready", "pending", "unavailable", "disabled"]
+EMBEDDED_NICE = 10  # niceness of the embedded worker process (lower CPU priority than the API)
 _READY_STATES = frozenset({"SUCCESS", "FAILURE", "REVOKED"})
 
 
@@ -58,6 +62,7 @@ class ReportOutcome:
     engine_s: float | None = None  # the worker's generate call for this report's batch
     batch_s: float | None = None  # the worker's whole run_batch (prompts + generate + cache)
     batch_size: int | None = None
+    decision: str | None = None  # the wait decision and its estimate (counts and seconds: loggable)
 
 
 class EmbeddedPool:
@@ -261,6 +266,12 @@ def _embedded_child(engine_config: EngineConfig, window: BatchWindow, torch_thre
     from model.cache import MemoryReportCache
 
     torch.set_num_threads(max(1, torch_threads))  # leave the other cores to the API's hook threads
+    try:
+        # Reports are background work; hook calls have a deadline: on a shared CPU the kernel
+        # serves the API first (measured in bench/hook_latency.py, docs/deployment.md).
+        os.nice(EMBEDDED_NICE)
+    except OSError:
+        pass
     pool = EmbeddedPool(engine_config, MemoryReportCache(), window=window)
     load_error = None
     try:
@@ -305,6 +316,10 @@ class ReportService:
 
     GRACE_S = 0.015  # the worker thread returns "pending" at the deadline; this covers the hand-off
     MIN_WAIT_S = 0.01  # even with no budget left, a cache hit (~1 ms) is still worth looking up
+    # Threads that look up, submit and wait for reports: at least the hook threads of one gunicorn
+    # worker (`triage serve --threads`), so a burst never queues a cache lookup behind waits.
+    EXECUTOR_THREADS = 32
+    TRACK_INTERVAL_S = 0.2  # Celery mode: how often jobs in flight are checked for completion
 
     def __init__(
         self,
@@ -330,6 +345,11 @@ class ReportService:
         self._inflight: dict[str, Future[dict[str, Any]]] = {}
         self._lock = threading.Lock()
         self._thread_state = threading.local()  # each request thread's result pub/sub connection
+        self.estimator = ReportEstimator(batch_max=settings.batch_max_size)
+        self._tracker: threading.Thread | None = None
+        self._tracker_pid = 0
+        self._tracker_wake = threading.Event()
+        self._closed = False
         if not self.enabled:
             return
         if self.engine_config is None:
@@ -338,7 +358,7 @@ class ReportService:
             self.engine_config = EngineConfig.from_env(model_path=settings.model_path,
                                                        adapter_path=settings.adapter_path)
         self.cache = cache if cache is not None else make_cache(settings)
-        self._executor = ThreadPoolExecutor(max_workers=8, thread_name_prefix="triage-reports")
+        self._executor = ThreadPoolExecutor(max_workers=self.EXECUTOR_THREADS, thread_name_prefix="triage-reports")
         if self.mode == "celery":
             if self._celery is None:
                 from model.queue import make_celery
@@ -414,10 +434,15 @@ class ReportService:
             future = self._executor.submit(self._request, record.to_payload(), deadline, True, progress)
             return future.result(timeout=max(deadline - time.monotonic(), 0.0) + self.GRACE_S)
         except FutureTimeout:
-            if progress.in_io:  # stuck on the network: a hung broker or cache
+            # Stuck on the network (a hung broker or cache), not merely a call that started with
+            # almost no budget left on a busy CPU: that one goes on, and must not trip the breaker
+            # (measured: at 16 concurrent calls on 2 busy cores it tripped and refused reports).
+            if progress.in_io and progress.io_s() >= self.settings.broker_connect_timeout_s:
                 self._trip("queue or cache did not answer in time")
+                self.estimator.count("unavailable-io-timeout")
                 return ReportOutcome("unavailable", reason="queue unavailable")
-            return ReportOutcome("pending", reason="deadline")  # only late (busy CPU): it goes on
+            self.estimator.count("pending-late")
+            return ReportOutcome("pending", reason="deadline", decision="late")  # busy CPU: it goes on
         except Exception as exc:  # noqa: BLE001 - the hook must answer whatever happens here
             log.error("AI report request failed: %s", type(exc).__name__)
             return ReportOutcome("unavailable", reason="internal error")
@@ -436,7 +461,18 @@ class ReportService:
             return "unavailable"
         return "pending"
 
+    def warm(self) -> None:
+        """Start, in this process, what the first hook call would otherwise start inside its
+        deadline: the model versions (cache keys) and the embedded worker process."""
+        if not self.enabled:
+            return
+        self.versions()
+        if isinstance(self._pool, EmbeddedProcessPool):
+            self._pool._ensure_process()
+
     def close(self) -> None:
+        self._closed = True
+        self._tracker_wake.set()
         if self._pool is not None:
             self._pool.close()
         if self._executor is not None:
@@ -460,24 +496,52 @@ class ReportService:
                 self._trip(f"cache: {type(exc).__name__}")
                 return ReportOutcome("unavailable", key=key, reason="cache unavailable")
             if hit is not None:
-                return self._outcome(hit, key)
+                if wait:
+                    self.estimator.count("cache-hit")
+                return dataclasses.replace(self._outcome(hit, key), decision="cache-hit")
         if self.mode == "embedded":
-            future = self._embedded_submit(payload, key)
+            future, job_id = self._embedded_submit(payload, key)
             if not wait:
                 return ReportOutcome("pending", key=key)
-            return self._wait_future(future, deadline, key)
+            decision = self._decide(job_id, deadline)
+            if not decision.wait:
+                return ReportOutcome("pending", key=key, reason="estimated not ready in time",
+                                     decision=decision.describe())
+            return self._counted(self._wait_future(future, deadline, key), decision)
         return self._request_celery(payload, key, deadline, wait=wait, progress=progress)
 
-    def _embedded_submit(self, payload: dict[str, Any], key: str | None) -> Future[dict[str, Any]]:
-        """Join the running job for the same input, else queue a new one."""
+    def _decide(self, job_id: str, deadline: float) -> Decision:
+        """Wait for this job? Counted in `stats()`; the hook logs it (`ReportOutcome.decision`)."""
+        return self.estimator.decide(job_id, self._versions, max(deadline - time.monotonic(), 0.0))
+
+    def _counted(self, outcome: ReportOutcome, decision: Decision) -> ReportOutcome:
+        self.estimator.count("ready-after-wait" if outcome.status == "ready" else f"{outcome.status}-after-wait")
+        return dataclasses.replace(outcome, decision=decision.describe())
+
+    def stats(self) -> dict[str, Any]:
+        """The running estimate and the hook's decisions in this process (for logs and /metrics)."""
+        return {"mode": self.mode, **self.estimator.snapshot(self._versions)}
+
+    def _embedded_submit(self, payload: dict[str, Any], key: str | None) -> tuple[Future[dict[str, Any]], str]:
+        """Join the running job for the same input, else queue a new one (tracked by the estimator)."""
         with self._lock:
             future = self._inflight.get(key) if key is not None else None
+            job_id = key or uuid.uuid4().hex
             if future is None or future.done():
                 future = self._pool.submit(payload)
+                self.estimator.started(job_id, self._versions)
+                future.add_done_callback(lambda f, j=job_id: self._embedded_done(j, f))
                 if key is not None:
                     self._inflight[key] = future
                     future.add_done_callback(lambda _f, k=key: self._inflight.pop(k, None))
-            return future
+            return future, job_id
+
+    def _embedded_done(self, job_id: str, future: Future[dict[str, Any]]) -> None:
+        self.estimator.finished(job_id)
+        if future.cancelled() or future.exception() is not None:
+            return
+        value = future.result()
+        self.estimator.record((value.get("model_version"), value.get("adapter_version")), value.get("batch_s"))
 
     def _request_celery(self, payload: dict[str, Any], key: str | None, deadline: float, *, wait: bool,
                         progress: _Progress) -> ReportOutcome:
@@ -504,9 +568,59 @@ class ReportService:
                 return ReportOutcome("unavailable", key=key, reason="queue unavailable")
         else:
             task_id = running  # the same input is being generated: wait for that job
+        self.estimator.started(task_id, self._versions)
+        self._ensure_tracker()
         if not wait:
             return ReportOutcome("pending", key=key)
-        return self._wait_task(task_id, deadline, key)
+        decision = self._decide(task_id, deadline)
+        if not decision.wait:
+            return ReportOutcome("pending", key=key, reason="estimated not ready in time",
+                                 decision=decision.describe())
+        return self._counted(self._wait_task(task_id, deadline, key), decision)
+
+    # -- Celery mode: follow the jobs in flight to learn their durations ----------------------------
+
+    def _ensure_tracker(self) -> None:
+        with self._lock:
+            if self._tracker is not None and self._tracker.is_alive() and self._tracker_pid == os.getpid():
+                self._tracker_wake.set()
+                return
+            self._tracker_pid = os.getpid()
+            self._tracker = threading.Thread(target=self._track, name="triage-report-tracker", daemon=True)
+            self._tracker.start()
+
+    def _track(self) -> None:
+        """Every TRACK_INTERVAL_S while jobs are in flight: one MGET of their results (each finished
+        batch's `batch_s` feeds the estimate) and one LLEN of the broker queue (the backlog)."""
+        backend = self._celery.backend
+        broker = _redis_client(self.settings.broker_url, self.settings.broker_connect_timeout_s)
+        give_up_s = self.settings.visibility_timeout_s + self.settings.time_limit_s
+        while not self._closed:
+            jobs = self.estimator.outstanding()
+            if not jobs:
+                self._tracker_wake.wait(timeout=5.0)
+                self._tracker_wake.clear()
+                continue
+            try:
+                if broker is not None:
+                    self.estimator.set_backlog(int(broker.llen(self.settings.queue)))
+                metas = backend.mget([backend.get_key_for_task(job) for job in jobs]) if hasattr(
+                    backend, "mget") else [None] * len(jobs)
+                for job, raw in zip(jobs, metas):
+                    if not raw:
+                        continue
+                    meta = backend.decode_result(raw)
+                    if meta.get("status") not in _READY_STATES:
+                        continue
+                    self.estimator.finished(job)
+                    value = meta.get("result")
+                    if meta.get("status") == "SUCCESS" and isinstance(value, dict):
+                        self.estimator.record((value.get("model_version"), value.get("adapter_version")),
+                                              value.get("batch_s"))
+            except Exception as exc:  # noqa: BLE001 - the estimate is best effort
+                log.debug("report tracker: %s", type(exc).__name__)
+            self.estimator.expire(give_up_s)
+            time.sleep(self.TRACK_INTERVAL_S)
 
     def _wait_task(self, task_id: str, deadline: float, key: str | None) -> ReportOutcome:
         """Wait for the task's result until the deadline.
@@ -628,14 +742,29 @@ class _Progress:
 
     def __init__(self) -> None:
         self.in_io = False
+        self._since = 0.0
+
+    def io_s(self) -> float:
+        """Seconds the current network call has lasted (0 outside one)."""
+        return time.monotonic() - self._since if self.in_io else 0.0
 
     @contextmanager
     def io(self) -> Iterator[None]:
+        self._since = time.monotonic()
         self.in_io = True
         try:
             yield
         finally:
             self.in_io = False
+
+
+def _redis_client(url: str | None, timeout_s: float) -> Any:
+    """A Redis client of the broker (for its queue length), None when the broker is not Redis."""
+    if not url or not url.startswith(("redis://", "rediss://", "unix://")):
+        return None
+    import redis
+
+    return redis.Redis.from_url(url, socket_connect_timeout=timeout_s, socket_timeout=max(timeout_s, 0.5))
 
 
 def _settings_environ(settings: InferenceSettings) -> dict[str, str]:

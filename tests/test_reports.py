@@ -252,3 +252,49 @@ def test_embedded_worker_runs_in_a_child_process_and_fills_this_process_cache(em
     assert pool._process.is_alive() and pool._process.pid != os.getpid()
     assert not hasattr(pool, "engine")  # no engine object on the API side
     assert wait_for_cache(embedded_app, body)["model_version"]  # the child's result came back here
+
+
+# --- issue 16: never wait for what cannot be ready; precompute on changed data --------------------
+
+
+def changed_vitals(body: dict, delta: float) -> dict:
+    """The same chart with one vital sign changed (a new reading): new de-identified content."""
+    import copy
+
+    body = copy.deepcopy(body)
+    body["hookInstance"] = str(uuid.uuid4())
+    for entry in body["prefetch"]["vitals"]["entry"]:
+        quantity = entry["resource"].get("valueQuantity")
+        if quantity and isinstance(quantity.get("value"), (int, float)):
+            quantity["value"] += delta
+            return body
+    raise AssertionError("no vital sign with a value")
+
+
+def test_a_report_estimated_too_slow_is_not_waited_for_and_the_decision_is_counted(embedded_app):
+    reports = embedded_app.extensions["triage_runtime"].reports
+    for _ in range(32):  # as if the recent batches had taken 30 s
+        reports.estimator.record(reports.versions(), 30.0)
+    before = reports.stats()["decisions"].get("no-wait:not-in-time", 0)
+    response = post_hook(embedded_app.test_client(), changed_vitals(patient_view(bundle(6)), 3))
+    cards = response.get_json()["cards"]
+    assert response.status_code == 200 and cards[-1]["summary"] == PENDING_SUMMARY
+    stats = reports.stats()
+    assert stats["decisions"]["no-wait:not-in-time"] == before + 1
+    assert stats["eta_new_s"] >= 30.0 and stats["in_flight"] >= 1  # the job was still submitted
+    key = f"{reports.versions()[0]}/{reports.versions()[1]}"
+    assert stats["estimates"][key]["samples"] >= 1
+    assert embedded_app.extensions["triage_report_stats"]()["mode"] == "embedded"  # for a /metrics
+
+
+def test_changed_data_starts_the_new_report_at_once_without_another_view(embedded_app):
+    client = embedded_app.test_client()
+    first = patient_view(bundle(5))
+    assert post_hook(client, first).status_code == 200
+    changed = changed_vitals(first, 5)  # the EHR sends the chart again with a new reading
+    cards = post_hook(client, changed).get_json()["cards"]
+    assert cards[-1]["summary"] == PENDING_SUMMARY
+    value = wait_for_cache(embedded_app, changed)  # no further view needed: the job started at once
+    assert value["status"] in ("ok", "invalid")
+    cards = post_hook(client, changed_vitals(changed, 0)).get_json()["cards"]
+    assert cards[-1]["summary"] != PENDING_SUMMARY

@@ -207,6 +207,15 @@ def test_patient_view_pending_then_ai_card_through_celery_and_redis(tmp_path, se
             assert value["model_version"] in cards[1]["source"]["label"]
         else:
             assert value["status"] == "invalid" and len(cards) == 1
+        # The tracker read the finished job's result: the estimate learned its batch time (issue 16).
+        reports = app.extensions["triage_runtime"].reports
+        deadline = time.monotonic() + 5
+        while not reports.stats()["estimates"] and time.monotonic() < deadline:
+            time.sleep(0.1)
+        stats = reports.stats()
+        versions = reports.versions()
+        assert stats["estimates"][f"{versions[0]}/{versions[1]}"]["batch_s_median"] > 0
+        assert stats["in_flight"] == 0 and stats["outcomes"].get("cache-hit", 0) >= 1
     blob = assert_no_planted_identifiers(redis_db)
     # The scan did read what could carry PHI: the task result and the cached prompt and report.
     assert "celery-task-meta-" in blob and "write the triage report for this patient" in blob
