@@ -235,15 +235,36 @@ def render_card(manifest: Mapping[str, Any], audit: Mapping[str, Any]) -> str:
     class_map = ", ".join(f"{k} → {v}" for k, v in sorted(settings["class_acuity"].items())) or "off"
     prio_map = ", ".join(f"{k} → {v}" for k, v in sorted(settings["priority_acuity"].items()))
 
-    body = f"""# Triage CDS clinic fine-tuning set
-
-De-identified examples built from a FHIR Bulk Data export by `triage dataset build`
+    # A tool other than `build` (`triage dataset import`) describes its own examples and labels.
+    text = manifest.get("card_text") or {}
+    intro = text.get("intro") or f"""De-identified examples built from a FHIR Bulk Data export by `triage dataset build`
 (tool version {manifest['tool_version']}). One example per encounter with something to learn from:
 the user turn is the patient as they stood **before** the encounter (history, active medications,
 allergies, age and sex, presenting complaint from the encounter reason and the note's chief
 complaint and history of present illness, the vital signs nearest the encounter); the assistant
 turn is a preliminary report drawn from the record (the note's assessment and plan, the
-encounter's diagnoses) with an acuity only where the record carries one.
+encounter's diagnoses) with an acuity only where the record carries one."""
+    labels_text = text.get("labels") or f"""Acuity on the ESI-aligned scale of `model/acuity.py`. A label comes from `Encounter.priority`
+({prio_map}) or, where enabled, from the encounter class ({class_map}). Every other example is
+kept **unlabelled** (`acuity: null`); no label is invented."""
+    totals = text["totals"].format(**counts) if text.get("totals") else f"""Patients: {counts['patients']} ({counts['patients_with_examples']} with examples); encounters seen:
+{counts['encounters']}; examples written: {counts['examples']}."""
+
+    leak_scope = text.get("leak_scope") or """every Patient, RelatedPerson, Practitioner,
+Organization and Location in the export"""
+    build_limits = "" if text else """- Dates are shifted, not removed: intervals within a patient are exact, so long histories keep
+  their shape.
+- Medications are those still `active` in the export and authored before the encounter; a
+  medication stopped later than the encounter is missing from that encounter's history.
+- Acuity labels derived from the encounter class describe the setting, not the patient's
+  severity; filter on `label_source` to exclude them.
+- Reports are drawn from documentation written after the encounter (assessment and plan, coded
+  diagnoses); they are what the clinician concluded, not what a triage nurse knew.
+"""
+
+    body = f"""# Triage CDS clinic fine-tuning set
+
+{intro}
 
 ## Files and format
 
@@ -272,14 +293,11 @@ many patients as such splits, so a small export still has a test split.
 
 {_table(per_split, ("split", "examples", "patients"))}
 
-Patients: {counts['patients']} ({counts['patients_with_examples']} with examples); encounters seen:
-{counts['encounters']}; examples written: {counts['examples']}.
+{totals}
 
 ## Labels
 
-Acuity on the ESI-aligned scale of `model/acuity.py`. A label comes from `Encounter.priority`
-({prio_map}) or, where enabled, from the encounter class ({class_map}). Every other example is
-kept **unlabelled** (`acuity: null`); no label is invented.
+{labels_text}
 
 {_table(label_rows, ("acuity", "examples"))}
 
@@ -298,8 +316,7 @@ kept **unlabelled** (`acuity: null`); no label is invented.
 ## Leak check
 
 Before writing, every example is searched for every identifier (names, address parts, phones,
-identifiers, birth dates in their written forms) of every Patient, RelatedPerson, Practitioner,
-Organization and Location in the export; an example with a hit is dropped. After writing, every
+identifiers, birth dates in their written forms) of {leak_scope}; an example with a hit is dropped. After writing, every
 output file is scanned again and the build fails if anything is found.
 
 - Examples dropped by the pre-write check: {leak['dropped_examples']}
@@ -322,15 +339,7 @@ Bad NDJSON lines skipped: {counts['bad_lines']}.
 - The check does not see identifiers of people who have no resource in the export (e.g. a
   relative named only in a note) nor quasi-identifiers (rare diagnoses, exact vital values,
   free-text occupations) that could re-identify a patient in combination.
-- Dates are shifted, not removed: intervals within a patient are exact, so long histories keep
-  their shape.
-- Medications are those still `active` in the export and authored before the encounter; a
-  medication stopped later than the encounter is missing from that encounter's history.
-- Acuity labels derived from the encounter class describe the setting, not the patient's
-  severity; filter on `label_source` to exclude them.
-- Reports are drawn from documentation written after the encounter (assessment and plan, coded
-  diagnoses); they are what the clinician concluded, not what a triage nurse knew.
-{''.join(f'- {line}' + chr(10) for line in manifest.get('limits', []))}"""
+{build_limits}{''.join(f'- {line}' + chr(10) for line in manifest.get('limits', []))}"""
     return "---\n" + yaml.safe_dump(header, sort_keys=False, allow_unicode=True) + "---\n\n" + body
 
 

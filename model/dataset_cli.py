@@ -131,6 +131,64 @@ def feedback_command(database: str, output: Path) -> None:
                + _table([(k, v) for k, v in counts.items() if k != "examples"] or [("cards with feedback", 0)]))
 
 
+@click.command("import")
+@click.option("--input", "input_path", required=True, type=click.Path(path_type=Path, dir_okay=False),
+              help="Curated records: a JSON array (.json), JSON Lines (.jsonl) or a spreadsheet saved as CSV (.csv).")
+@click.option("--output", "output", required=True, type=click.Path(path_type=Path, file_okay=False), help="Folder for the dataset.")
+@click.option("--key-file", type=click.Path(path_type=Path, dir_okay=False), default=None, help="Pseudonym key (else TRIAGE_PSEUDONYM_KEY_FILE).")
+@click.option("--map", "column_map", default=None,
+              help="Column names where they differ from the template: history=PMH,symptoms=CC,diagnosis_report=Report,"
+                   "triage_priority=Priority (also id, name, mrn, birth_date, phone, email, address, city, zip, age, sex).")
+@click.option("--priority-map", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              help="YAML `acuity:` table of priority -> level 1-5 (default: the shipped model/priority_acuity.yaml).")
+@click.option("--seed", default=13, show_default=True, type=int, help="Split seed.")
+@click.option("--split", "split", default="0.8,0.1,0.1", show_default=True, help="train,validation,test ratios (by patient).")
+@click.option("--format", "formats", default="chat,seed,parquet", show_default=True, help="Outputs: chat (always), seed, parquet.")
+@click.option("--overwrite", is_flag=True, help="Replace a previous dataset in --output.")
+def import_command(input_path: Path, output: Path, key_file: Path | None, column_map: str | None, priority_map: Path | None,
+                   seed: int, split: str, formats: str, overwrite: bool) -> None:
+    """Import curated triage records (history, symptoms, diagnosis_report, triage_priority), de-identified."""
+    from model.dataset import DatasetError, LeakFound, parse_split
+    from model.dataset_import import ImportConfig, RecordImportError, parse_column_map, run_import
+
+    shown = 0
+
+    def echo(line: str) -> None:
+        nonlocal shown
+        shown += 1
+        if shown <= 20:
+            click.echo(line, err=True)
+
+    try:
+        cfg = ImportConfig(input=input_path, output=output, key_file=key_file, column_map=parse_column_map(column_map),
+                           priority_map=priority_map, seed=seed, split=parse_split(split),
+                           formats=tuple(f.strip() for f in formats.split(",") if f.strip()), overwrite=overwrite)
+        result = run_import(cfg, echo=echo)
+    except LeakFound as exc:
+        _fail(str(exc), 3)
+        return
+    except (RecordImportError, DatasetError) as exc:
+        if shown > 20:
+            click.echo(f"... and {shown - 20} more skipped lines", err=True)
+        _fail(str(exc))
+        return
+    if shown > 20:
+        click.echo(f"... and {shown - 20} more skipped lines (all in manifest.json)", err=True)
+    c = result.counts
+    leak = result.manifest["leak_check"]
+    rows: list[tuple[str, object]] = [("records", c["records"]), ("patients", c["patients"])]
+    rows += [(f"examples: {s}", f"{n} ({c['patients_per_split'][s]} patients)") for s, n in c["examples_per_split"].items()]
+    rows += [("labelled", ", ".join(f"acuity {k}: {v}" for k, v in c["labels"]["by_acuity"].items()))]
+    rows += [(f"skipped: {k}", v) for k, v in c["bad_lines_by_reason"].items()]
+    rows += [(f"dropped: {k}", v) for k, v in c["dropped"].items()]
+    rows += [
+        ("leak check", f"{leak['dropped_examples']} examples dropped before writing; "
+                       f"{leak['output_hits']} hits in {leak['files_scanned']} output files ({'passed' if leak['passed'] else 'FAILED'})"),
+        ("time", f"{result.elapsed_s:.1f} s (" + ", ".join(f"{k} {v:.1f} s" for k, v in result.timings.items()) + ")"),
+    ]
+    click.echo(f"dataset written to {result.output}\n" + _table(rows))
+
+
 def add_dataset_commands(group: click.Group) -> None:
-    for cmd in (build_command, import_reasoning_command, feedback_command):
+    for cmd in (build_command, import_command, import_reasoning_command, feedback_command):
         group.add_command(cmd)
