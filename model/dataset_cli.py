@@ -189,6 +189,46 @@ def import_command(input_path: Path, output: Path, key_file: Path | None, column
     click.echo(f"dataset written to {result.output}\n" + _table(rows))
 
 
+@click.command("import-text")
+@click.option("--input", "input_path", required=True, type=click.Path(path_type=Path),
+              help="A folder of text files (*.txt, *.md) or a JSONL of documents ({\"text\": ...}).")
+@click.option("--output", "output", required=True, type=click.Path(path_type=Path, file_okay=False), help="Folder for the text set.")
+@click.option("--key-file", type=click.Path(path_type=Path, dir_okay=False), default=None, help="Pseudonym key (else TRIAGE_PSEUDONYM_KEY_FILE).")
+@click.option("--tokenizer", envvar="TRIAGE_MODEL_PATH", default=None, show_envvar=True,
+              help="Model folder whose tokenizer measures chunks (default: the configured model, TRIAGE_MODEL_PATH).")
+@click.option("--max-tokens", default=2048, show_default=True, type=click.IntRange(8), help="Tokens per chunk at most.")
+@click.option("--text-field", default="text", show_default=True, help="JSONL field holding the document's text.")
+@click.option("--seed", default=13, show_default=True, type=int, help="Split seed.")
+@click.option("--split", "split", default="0.9,0.1,0", show_default=True, help="train,validation,test ratios (by document).")
+@click.option("--overwrite", is_flag=True, help="Replace a previous text set in --output.")
+def import_text_command(input_path: Path, output: Path, key_file: Path | None, tokenizer: str | None, max_tokens: int,
+                        text_field: str, seed: int, split: str, overwrite: bool) -> None:
+    """Scrub transcripts and notes and chunk them for continual pre-training (`triage train cpt`)."""
+    from model.dataset import DatasetError, LeakFound, parse_split
+    from model.text_import import TextImportConfig, TextImportError, run_text_import
+
+    try:
+        cfg = TextImportConfig(input=input_path, output=output, key_file=key_file, tokenizer=tokenizer,
+                               max_tokens=max_tokens, text_field=text_field, seed=seed, split=parse_split(split),
+                               overwrite=overwrite)
+        result = run_text_import(cfg, echo=lambda line: click.echo(line, err=True))
+    except LeakFound as exc:
+        _fail(str(exc), 3)
+        return
+    except (TextImportError, DatasetError) as exc:
+        _fail(str(exc))
+        return
+    c = result.counts
+    rows: list[tuple[str, object]] = [("documents", f"{c['documents']} ({c['documents_used']} used, {c['bad_lines']} skipped)")]
+    rows += [(f"chunks: {s}", f"{n} ({c['documents_per_split'][s]} documents, {c['tokens_per_split'][s]} tokens)")
+             for s, n in c["chunks_per_split"].items()]
+    rows += [(f"dropped: {k}", v) for k, v in c["dropped"].items()]
+    leak = result.manifest["leak_check"]
+    rows += [("leak check", f"{leak['output_hits']} hits in {leak['files_scanned']} output files ({'passed' if leak['passed'] else 'FAILED'})"),
+             ("time", f"{result.elapsed_s:.1f} s")]
+    click.echo(f"text set written to {result.output}\n" + _table(rows))
+
+
 def add_dataset_commands(group: click.Group) -> None:
-    for cmd in (build_command, import_command, import_reasoning_command, feedback_command):
+    for cmd in (build_command, import_command, import_text_command, import_reasoning_command, feedback_command):
         group.add_command(cmd)

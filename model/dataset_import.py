@@ -309,17 +309,18 @@ def content_key(values: Mapping[str, str]) -> str:
     return "record|" + hashlib.sha256(text.encode()).hexdigest()
 
 
-def to_patient_record(values: Mapping[str, str]) -> Any:
-    """A `PatientRecord` of one curated record (still PHI: it goes to `deidentify` only)."""
-    from fhir_adapter.record import Address, ConditionEntry, EncounterInfo, Identity, PatientRecord
+def identity_of(values: Mapping[str, str]) -> Any:
+    """The `Identity` the identity columns give (the content key stands in for a missing id)."""
+    from fhir_adapter.record import Address, Identity
 
+    values = {f: values.get(f, "") for f in ALL_FIELDS}
     names = values["name"].split()
     birth = _birth_date(values["birth_date"]) if values["birth_date"] else None
     address = None
     if values["address"] or values["city"] or values["zip"]:
         address = Address(lines=(values["address"],) if values["address"] else (), city=values["city"] or None,
                           district=None, state=None, postal_code=values["zip"] or None, country=None)
-    identity = Identity(
+    return Identity(
         resource_id=values["id"] or content_key(values),
         given_names=tuple(names[:-1]),
         family_names=tuple(names[-1:]),
@@ -329,6 +330,13 @@ def to_patient_record(values: Mapping[str, str]) -> Any:
         addresses=(address,) if address else (),
         birth_date=birth,
     )
+
+
+def to_patient_record(values: Mapping[str, str]) -> Any:
+    """A `PatientRecord` of one curated record (still PHI: it goes to `deidentify` only)."""
+    from fhir_adapter.record import ConditionEntry, EncounterInfo, PatientRecord
+
+    identity = identity_of(values)
     age_birth = None
     if values["age"]:
         try:
