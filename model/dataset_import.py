@@ -602,6 +602,7 @@ def run_import(cfg: ImportConfig, *, echo: Callable[[str], None] | None = None,
     per_split: Counter[str] = Counter()
     by_split_patients: dict[str, set[str]] = {s: set() for s in SPLITS}
     labels: Counter[str] = Counter()
+    by_split_labels: dict[str, Counter[str]] = {sp: Counter() for sp in SPLITS}
     from contextlib import ExitStack
 
     with ExitStack() as stack:
@@ -616,6 +617,7 @@ def run_import(cfg: ImportConfig, *, echo: Callable[[str], None] | None = None,
             per_split[s] += 1
             by_split_patients[s].add(ex["patient"])
             labels[str(ex["acuity"])] += 1
+            by_split_labels[s][str(ex["acuity"])] += 1
     if "parquet" in cfg.formats:
         for s in SPLITS:
             write_parquet(out / f"{s}.parquet", out / f"{s}.jsonl")
@@ -651,7 +653,9 @@ def run_import(cfg: ImportConfig, *, echo: Callable[[str], None] | None = None,
             "examples": sum(per_split.values()),
             "examples_per_split": {s: per_split.get(s, 0) for s in SPLITS},
             "labels": {"by_acuity": dict(sorted(labels.items())), "unlabelled": 0,
-                       "by_source": {LABEL_SOURCE: sum(labels.values())}},
+                       "by_source": {LABEL_SOURCE: sum(labels.values())},
+                       "by_split_and_source": {sp: {LABEL_SOURCE: dict(sorted(c.items()))} if c else {}
+                                               for sp, c in by_split_labels.items()}},
             "dropped": dict(sorted(drops.items())),
             "bad_lines": len(bad),
             "bad_lines_by_reason": dict(sorted(reasons.items())),

@@ -348,7 +348,7 @@ def describe_record(record: DeidentifiedRecord, *, notes_budget: int = NOTES_BUD
 
 def describe_rules(rules: RulesResult) -> str:
     """The NEWS2 / ESI rule findings as prompt text (no acuity verdict, to avoid anchoring)."""
-    if rules.acuity is None:
+    if rules.acuity is None or rules.band is None:  # ESI from the complaint alone: no NEWS2 to show
         return "Vital-sign rules: cannot assess, no vital signs recorded."
     lines = [f"NEWS2 (SpO2 scale {rules.spo2_scale}): {rules.total}, {rules.band.value} risk"
              + ("" if rules.complete else " (incomplete: the score is a lower bound)")
