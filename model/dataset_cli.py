@@ -109,7 +109,8 @@ def build_command(input_path: Path, output: Path, key_file: Path | None, seed: i
         ("bad lines", c["bad_lines"]),
         ("time", f"{result.elapsed_s:.1f} s"),
     ]
-    rows[4:4] = [("labels by source", ", ".join(f"{k}: {v}" for k, v in c["labels"]["by_source"].items()) or "0")]
+    at = next(i for i, (k, _) in enumerate(rows) if k == "labelled")
+    rows[at:at] = [("labels by source", ", ".join(f"{k}: {v}" for k, v in c["labels"]["by_source"].items()) or "0")]
     rows += [(f"balance: {k}", v) for k, v in c["balance"]["removed"].items()]
     rows += [("largest patient", f"{c['balance']['largest_patient_examples']} examples ({c['balance']['largest_patient_share']:.1%})")]
     click.echo(f"dataset written to {result.output}\n" + _table(rows))
