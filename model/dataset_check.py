@@ -14,7 +14,6 @@ Warnings: a split with fewer patients than the minimum, no tokenizer to measure 
 """
 from __future__ import annotations
 
-import json
 import re
 from collections import Counter
 from collections.abc import Iterator

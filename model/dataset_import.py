@@ -25,7 +25,6 @@ import dataclasses
 import hashlib
 import json
 import re
-import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
@@ -124,7 +123,6 @@ class ImportConfig:
     split: tuple[float, float, float] = (0.8, 0.1, 0.1)
     formats: tuple[str, ...] = ("chat", "seed", "parquet")
     overwrite: bool = False
-    batch: int = 64  # records scrubbed per scrubber call
 
 
 @dataclass
@@ -726,6 +724,3 @@ def _card_text(name: str) -> dict[str, str]:
         "leak_scope": "every record of the file (its identity columns: id, name, MRN, birth date, phone,\ne-mail, address, city, ZIP)",
     }
 
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit("use `triage dataset import`")

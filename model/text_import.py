@@ -19,7 +19,6 @@ Documents are split (by a keyed hash of their pseudonym and the seed), never the
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 import time
