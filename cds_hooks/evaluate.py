@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+from faker import Faker
 
 from deidentify.leaks import IdentifierSet, find_leaks
 from fhir_adapter.prefetch import prefetch_from_resources
@@ -60,7 +61,14 @@ def case_bundle(case: Case, now: datetime | None = None) -> dict[str, Any]:
     now = now or datetime.now(timezone.utc)
     pid, eid = f"p-{uuid.uuid5(uuid.NAMESPACE_URL, case.id)}", f"e-{uuid.uuid5(uuid.NAMESPACE_DNS, case.id)}"
     taken = (now - timedelta(minutes=5)).isoformat()
-    patient: dict[str, Any] = {"resourceType": "Patient", "id": pid}
+    # A made-up name and MRN per case, so the leak check of the outputs has identifiers to look for.
+    fake = Faker()
+    fake.seed_instance(case.id)
+    patient: dict[str, Any] = {
+        "resourceType": "Patient", "id": pid,
+        "name": [{"family": fake.last_name(), "given": [fake.first_name()]}],
+        "identifier": [{"system": "urn:triage-cds:evaluation-mrn", "value": f"MRN{fake.random_number(digits=8, fix_len=True)}"}],
+    }
     if case.sex:
         patient["gender"] = case.sex if case.sex in ("male", "female", "other") else "unknown"
     if (born := _birth_date(case, now)) is not None:
@@ -142,7 +150,7 @@ def run_cases(cases: list[Case], *, rules: bool, model_path: str | None, adapter
             config["TRIAGE_ADAPTER_PATH"] = adapter
     app = create_app(config)
     client = app.test_client()
-    rules_result = TriagerResult("rules")
+    rules_result = TriagerResult("rules", leaks=0)
     model_result = TriagerResult("model", schema_valid=0, answered=0, leaks=0) if model_path else None
     for case in cases:
         bundle = case.bundle or case_bundle(case)
@@ -156,6 +164,9 @@ def run_cases(cases: list[Case], *, rules: bool, model_path: str | None, adapter
         level = _SUMMARY_LEVEL.search(rules_card["summary"]) if rules_card else None
         rules_result.levels[case.id] = int(level.group(1)) if level else None
         rules_result.seconds += elapsed
+        known = _identifiers(bundle)
+        if rules_card is not None:
+            rules_result.leaks += sum(find_leaks(json.dumps(rules_card), known).values())
         if model_result is not None:
             model_result.seconds += elapsed
             ai = next((c for c in cards if c["summary"].startswith("AI (preliminary)")), None)
@@ -165,7 +176,7 @@ def run_cases(cases: list[Case], *, rules: bool, model_path: str | None, adapter
                 model_result.answered += 1
                 model_result.schema_valid += 1 if found else 0  # cards are built only from valid reports
                 text = json.dumps(ai)
-                model_result.leaks += sum(find_leaks(text, _identifiers(bundle)).values()) if case.bundle else 0
+                model_result.leaks += sum(find_leaks(text, known).values())
     return [r for r in (rules_result if rules else None, model_result) if r is not None]
 
 

@@ -43,6 +43,7 @@ RESOURCE_WEIGHT = {"complex_procedure": 2}  # ESI v4 Table 5-1; every other kind
 # fever, a glucose under 70 mg/dL (3.9 mmol/L) is hypoglycaemia, weeks of pregnancy.
 _TEMPERATURE = re.compile(r"\b(?:t|temp|tmax|fever|febrile)\s*(?:of|to|=|:)?\s*(\d{2,3}(?:\.\d)?)", re.I)
 _GLUCOSE = re.compile(r"\b(?:bg|bs|cbg|fsbs|glucose|sugar|blood sugar)\s*(?:of|=|:|is|was)?\s*(\d{1,3}(?:\.\d)?)", re.I)
+_VOLTS = re.compile(r"\b(\d{3,6})\s*(?:v|volts?)\b", re.I)
 _WEEKS = re.compile(r"\b(\d{1,2})\s*(?:\+\d\s*)?(?:wks?|weeks?)\b", re.I)
 
 
@@ -137,7 +138,12 @@ def _expand(tokens: Iterable[str], abbreviations: dict[str, tuple[str, ...]]) ->
     out: list[str] = []
     for tok in tokens:
         key = tok.rstrip("/") if tok.endswith("/") and len(tok) > 1 else tok
-        out.extend(abbreviations.get(key, (key,)))
+        if key in abbreviations:
+            out.extend(abbreviations[key])
+        elif "/" in key and key[0].isalpha():  # "lip/tongue", "CP/SOB": each word on its own
+            out.extend(w for part in key.split("/") for w in abbreviations.get(part, (part,)))
+        else:
+            out.append(key)
     return out
 
 
@@ -204,7 +210,17 @@ def _correct(word: str, vocabulary: frozenset[str]) -> tuple[str, ...]:
         if left in vocabulary and right in vocabulary:
             return (left, right)
     close = difflib.get_close_matches(word, vocabulary, n=1, cutoff=_FUZZY_CUTOFF)
-    return (close[0],) if close else (word,)
+    if not close or _flips_meaning(word, close[0]):
+        return (word,)
+    return (close[0],)
+
+
+def _flips_meaning(word: str, candidate: str) -> bool:
+    """"arousable" must not become "unarousable": no correction adds or drops a negating prefix."""
+    for prefix in ("un", "non", "in", "dis", "ir", "im"):
+        if candidate.startswith(prefix) != word.startswith(prefix):
+            return True
+    return False
 
 
 def _numbers(text: str) -> str:
@@ -218,6 +234,8 @@ def _numbers(text: str) -> str:
         value = float(found.group(1))
         if value < 70 and not (value < 4 and "." not in found.group(1)):
             words.append("hypoglycemia")
+    if any(int(found.group(1)) >= 400 for found in _VOLTS.finditer(text)):
+        words.append("high voltage")  # ESI v4 ch. 4 lists high-voltage injury as high risk
     return " . " + " ".join(words) if words else ""
 
 
@@ -257,8 +275,10 @@ def normalise(text: str) -> tuple[list[str], list[bool]]:
 
 
 def _find(phrase: tuple[str, ...], tokens: Sequence[str], negated: Sequence[bool]) -> bool:
-    """`phrase` in order, at most one other word between two of its words, none negated,
-    never across punctuation."""
+    """`phrase` in order, at most one other word between two of its words, none negated (unless
+    the phrase is itself a negation: "no bowel movement"), never across punctuation."""
+    if phrase[0] in load_tables().negation_cues:
+        negated = [False] * len(tokens)
     n = len(tokens)
     for start in range(n):
         if tokens[start] != phrase[0] or negated[start]:

@@ -33,7 +33,7 @@ Point  Triggered by (the most urgent trigger wins; every trigger is listed in `r
 =====  =========================================================================================
 A -> 1 complaint needing an immediate life-saving intervention (arrest, apnoea, unresponsive,
        active seizure, anaphylaxis, ...); ACVPU P or U; SpO2 < 85 % (< 90 % with a breathing
-       complaint); systolic BP <= 70 mmHg (<= 60 in neonates); respiratory rate < 8 (age >= 1);
+       complaint or an altered mind); systolic BP <= 70 mmHg (<= 60 in neonates); respiratory rate < 8 (age >= 1);
        adult systolic BP < 90 with heart rate < 40 or >= 120, or with new confusion
 B -> 2 high-risk complaint (adult chest pain, stroke signs, SI/HI, overdose, GI bleeding, ...);
        ACVPU C or V (new confusion); severe pain (>= 7/10) unless the complaint is a minor one
@@ -602,7 +602,8 @@ def _assign_acuity(
     acvpu, spo2, sbp = params["acvpu"], params["spo2"], params["sbp"]
     pulse, rr, temp = params["pulse"], params["rr"], params["temp"]
     adult = age_years is None or age_years >= 16
-    breathing = complaint.has("severe-breathing") or complaint.has("breathing")
+    breathing = any(complaint.has(i) for i in ("severe-breathing", "breathing", "wheeze-asthma",
+                                                "asthma-refractory", "airway-stridor"))
 
     # A: needs an immediate life-saving intervention.
     for m in complaint.life_saving:
@@ -610,9 +611,10 @@ def _assign_acuity(
             f"complaint \"{m.matched}\": may need an immediate life-saving intervention ({m.source})")
     if not acvpu.missing and acvpu.value in ("P", "U"):
         add(Acuity.RESUSCITATION, "A", acvpu.note, f"consciousness: {acvpu.note} (ESI decision point A)")
-    if not spo2.missing and (spo2.value < 85 or (spo2.value < 90 and breathing)):
-        add(Acuity.RESUSCITATION, "A", f"SpO2 {_fmt(spo2.value)} %",
-            f"SpO2 {_fmt(spo2.value)} %" + (" with a breathing complaint" if spo2.value >= 85 else " < 85 %"))
+    altered = not acvpu.missing and acvpu.value != "A"
+    if not spo2.missing and (spo2.value < 85 or (spo2.value < 90 and (breathing or altered))):
+        why = " < 85 %" if spo2.value < 85 else (" with a breathing complaint" if breathing else " with an altered mind")
+        add(Acuity.RESUSCITATION, "A", f"SpO2 {_fmt(spo2.value)} %", f"SpO2 {_fmt(spo2.value)} %{why}")
     resus_sbp = 60 if age_days is not None and age_days <= 28 else 70
     if not sbp.missing and sbp.value <= resus_sbp:
         add(Acuity.RESUSCITATION, "A", f"SBP {_fmt(sbp.value)}", f"systolic BP {_fmt(sbp.value)} mmHg <= {resus_sbp}")
@@ -645,7 +647,7 @@ def _assign_acuity(
             add(Acuity.EMERGENT, "B", f"severe pain {_fmt(pain)}/10", f"severe pain {_fmt(pain)}/10 (>= {SEVERE_PAIN})")
     if news2_applicable and total >= 7:
         add(Acuity.EMERGENT, "B", f"NEWS2 {total}", f"NEWS2 {total}: high (emergency response threshold)")
-    if not spo2.missing and 85 <= spo2.value < 90 and not breathing:
+    if not spo2.missing and 85 <= spo2.value < 90 and not (breathing or altered):
         add(Acuity.EMERGENT, "B", f"SpO2 {_fmt(spo2.value)} %", f"SpO2 {_fmt(spo2.value)} % < 90 %")
     if not sbp.missing and sbp.value > resus_sbp:
         limit = _pals_hypotension(sbp.value, age_years, age_days)
@@ -686,7 +688,9 @@ def _assign_acuity(
     if provisional == Acuity.URGENT:
         for d in danger:
             add(Acuity.EMERGENT, "D", f"danger zone: {d.split(' (')[0]}", f"ESI danger zone: {d} (decision point D)")
-    elif danger:
+    elif provisional < Acuity.URGENT:
+        found += [(Acuity.NON_URGENT, "D", "", f"ESI danger zone: {d}") for d in danger]
+    else:
         for d in danger:
             found.append((Acuity.NON_URGENT, "D", "",
                           f"danger-zone vitals noted ({d}); ESI applies them only at decision point D (level 3)"))
