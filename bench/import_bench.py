@@ -145,19 +145,28 @@ def main() -> None:
     print(f"  examples {c['examples']} {c['examples_per_split']}, patients {c['patients']} {c['patients_per_split']}")
     print(f"  acuity {c['labels']['by_acuity']}; leak check {result.manifest['leak_check']['output_hits']} hits in "
           f"{result.manifest['leak_check']['files_scanned']} files, {result.manifest['leak_check']['identifiers_searched']} identifiers")
-    print(f"  records per second (record phase): {len(texts) / 3 / result.timings['records']:.0f}")
+    print(f"  records per second (record phase): {c['encounters'] / result.timings['records']:.1f}")
     print(f"ratio record phase / baseline: {result.timings['records'] / bare:.2f}")
 
-    # Independent check: no planted value in any output file (raw text; JSON decoded).
-    planted = {v.casefold() for r in rows if not isinstance(r, str)
-               for k, v in r.items() if k in ("name", "mrn", "phone", "email", "address")}
-    found = 0
-    for p in out.rglob("*.jsonl"):
-        text = p.read_text(encoding="utf-8").casefold()
-        decoded = "\n".join(json.dumps(json.loads(x), ensure_ascii=False) for x in text.splitlines()).casefold()
-        found += sum(1 for v in planted if v in text or v in decoded)
-    print(f"planted identifiers ({len(planted)} distinct) found in output JSONL: {found}")
+    # Independent check: no planted value in any output file (raw text and JSON decoded), one
+    # Aho-Corasick pass per file (16,000 values x 20 MB by substring search would take hours).
+    print(f"planted identifiers found in output files: {planted_hits(rows, out)}")
 
 
-if __name__ == "__main__":
-    main()
+def planted_hits(rows: list[dict[str, str] | str], out: Path) -> int:
+    import ahocorasick
+
+    auto = ahocorasick.Automaton()
+    for r in rows:
+        if not isinstance(r, str):
+            for k in ("name", "mrn", "phone", "email", "address"):
+                auto.add_word(r[k].casefold(), r[k])
+    auto.make_automaton()
+    found: set[str] = set()
+    for p in out.rglob("*"):
+        if p.is_file() and p.suffix != ".parquet":
+            text = p.read_text(encoding="utf-8").casefold()
+            if p.suffix == ".jsonl":
+                text += "\n".join(json.dumps(json.loads(x), ensure_ascii=False) for x in text.splitlines()).casefold()
+            found.update(v for _, v in auto.iter(text))
+    return len(found)
