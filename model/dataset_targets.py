@@ -94,8 +94,9 @@ def _find_metrics() -> Path | None:
 def rules_labeller_accuracy(path: Path | None = None) -> dict[str, Any]:
     """The ESI rules' own measured agreement, read from `triage evaluate`'s metrics.json (the given
     file, else the first `eval/**/metrics.json` shipped with the code), for the dataset card."""
-    how = ("run `triage evaluate eval/vignettes --out eval/rules` (it writes metrics.json), then rebuild "
-           "or pass --rules-metrics FILE")
+    how = ("docs/evaluation.md gives the rules' figures on the reference vignettes (its held-out line is the one to "
+           "believe); for this card, run `triage evaluate eval/vignettes --out eval/rules` (it writes metrics.json), "
+           "then rebuild or pass --rules-metrics FILE")
     path = Path(path) if path is not None else _find_metrics()
     if path is None:
         return {"source": None, "note": f"not measured in this tree: {how}"}
