@@ -40,6 +40,9 @@ from typing import Any
 from fhir_adapter.codes import RECORD_TYPES
 
 from .acuity import Acuity
+from .dataset_balance import balance_patient, informative, split_warnings
+from .dataset_targets import TARGET_SCHEMAS, diagnosis_only, rules_labeller_accuracy
+from .rules import score_record
 from .dataset_card import (
     AUDIT_NAME,
     CARD_NAME,
@@ -56,7 +59,7 @@ SPLITS = ("train", "validation", "test")
 FORMATS = ("chat", "seed", "parquet")
 WORK_DIR = ".work"
 IDENTITY_TYPES = ("Patient", "RelatedPerson", "Practitioner", "Organization", "Location")
-SHARD_VERSION = 1
+SHARD_VERSION = 2  # 2: labels by rules, label_detail, informativeness mark
 # Examples show slices of the patient's history de-identified (and leak-checked) once. False: each
 # example's whole record is de-identified and checked on its own (the reference path, for tests).
 SLICE_HISTORY = True
@@ -75,6 +78,9 @@ PRIORITY_ACUITY: dict[str, int] = {
 # under-triage is the costly error. Every other class stays unlabelled. `--no-class-acuity` turns
 # this off; each example records its `label_source`.
 CLASS_ACUITY: dict[str, int] = {"EMER": Acuity.EMERGENT}
+# Measured on the shared export and the 1,000-patient bench export (docs/datasets.md, "Balance").
+DEFAULT_MAX_PER_PATIENT = 50
+DEFAULT_MIN_PATIENTS_PER_SPLIT = 5
 
 
 class DatasetError(RuntimeError):
@@ -107,6 +113,18 @@ class BuildConfig:
     shard: tuple[int, int] | None = None  # (k, n): build only patients whose bucket mod n == k
     progress: bool = True
     window: int = 0  # patients in flight with workers (0: 2 x workers)
+    # Targets and labels (docs/datasets.md, "Targets and labels"): the schema every target is valid
+    # under, and whether the ESI rules label what the record leaves unlabelled.
+    target_schema: str = "triage-report"
+    rules_labels: bool = True
+    # Balance (docs/datasets.md, "Balance"): examples per patient at most (None: no cap; the default
+    # was chosen by measurement), near-duplicates of one patient collapsed, the share of examples
+    # with no complaint and no finding kept (0: dropped, 1: all kept), patients per split wanted.
+    max_per_patient: int | None = DEFAULT_MAX_PER_PATIENT
+    collapse_near_duplicates: bool = True
+    uninformative_keep: float = 0.0
+    min_patients_per_split: int = DEFAULT_MIN_PATIENTS_PER_SPLIT
+    rules_metrics: Path | None = None  # the rules' evaluation (metrics.json), cited in the card
 
     def settings(self) -> dict[str, Any]:
         """What the output depends on (recorded in the manifest; checked on --resume)."""
@@ -117,6 +135,12 @@ class BuildConfig:
             "max_encounters": self.max_encounters,
             "class_acuity": {k: int(v) for k, v in sorted(self.class_acuity.items())},
             "priority_acuity": {k: int(v) for k, v in sorted(PRIORITY_ACUITY.items())},
+            "target_schema": self.target_schema,
+            "rules_labels": self.rules_labels,
+            "max_per_patient": self.max_per_patient,
+            "collapse_near_duplicates": self.collapse_near_duplicates,
+            "uninformative_keep": self.uninformative_keep,
+            "min_patients_per_split": self.min_patients_per_split,
         }
 
 
@@ -134,6 +158,15 @@ class BuildResult:
     @property
     def counts(self) -> dict[str, Any]:
         return self.manifest.get("counts", {})
+
+
+def check_settings(cfg: BuildConfig) -> None:
+    if cfg.target_schema not in TARGET_SCHEMAS:
+        raise DatasetError(f"--target-schema takes {' or '.join(TARGET_SCHEMAS)} (got {cfg.target_schema!r})")
+    if not 0.0 <= cfg.uninformative_keep <= 1.0:
+        raise DatasetError("--uninformative-keep must be a share between 0 and 1")
+    if cfg.max_per_patient is not None and cfg.max_per_patient < 1:
+        raise DatasetError("--max-per-patient must be at least 1 (or 0 for no cap)")
 
 
 def parse_split(text: str) -> tuple[float, float, float]:
@@ -949,8 +982,6 @@ def patient_shard(raw: list[dict[str, Any]] | _Decoded, shared_raw: list[dict[st
     drops = plan.drops
     leak_types: Counter[str] = Counter()
     removed: dict[str, Counter[str]] = {}
-    labels: Counter[str] = Counter()
-    sources: Counter[str] = Counter()
     examples: list[dict[str, Any]] = []
     pseudonym = plan.pseudonym
 
@@ -1029,14 +1060,27 @@ def patient_shard(raw: list[dict[str, Any]] | _Decoded, shared_raw: list[dict[st
         if not diagnoses:
             drops["no_diagnosis"] += 1
             continue
-        level, source = v.level, v.source
+        # Acuity: the record's own label, else the ESI rules on the de-identified record as shown
+        # (the same call the service makes); the serving schema never gets a target without one.
+        rules = score_record(shown)
+        if v.level is not None:
+            level, source, detail = v.level, "record", v.source
+        elif cfg.rules_labels and rules.acuity is not None:
+            level, source, detail = int(rules.acuity), "rules", "model.rules.score_record"
+        else:
+            level, source, detail = None, None, None
+        if level is None and cfg.target_schema == "triage-report":
+            drops["no_acuity"] += 1
+            continue
         report = target_report(diagnoses, scrubbed.get("ap", ""), level, rationale)
         if report is None:
             drops["invalid_report"] += 1
             continue
+        if cfg.target_schema == "diagnosis-only":
+            report = diagnosis_only(report)
         answer = json.dumps(report, ensure_ascii=False, separators=(",", ":"))
         try:
-            row = state.prompts.chat_example(state.prompts.build_messages(shown), answer)
+            row = state.prompts.chat_example(state.prompts.build_messages(shown, rules=rules), answer)
             seed_text = state.prompts.seed_example(state.prompts.seed_prompt(shown), answer) if "seed" in cfg.formats else None
         except Exception:  # noqa: BLE001 - never show the record; count and go on
             drops["prompt_failed"] += 1
@@ -1046,9 +1090,12 @@ def patient_shard(raw: list[dict[str, Any]] | _Decoded, shared_raw: list[dict[st
             "patient": pseudonym,
             "acuity": level,
             "label_source": source,
+            "label_detail": detail,
             "messages": row["messages"],
             "chat_template_kwargs": row.get("chat_template_kwargs"),
         }
+        if not informative(shown):
+            example["_uninformative"] = True
         # The developer message is the same fixed instruction text in every example: skip it here
         # (the output scan still reads it) and search everything that came from the record.
         varying = [m for m in example["messages"] if not (m["role"] == "developer" and m["content"] == state.developer)]
@@ -1060,11 +1107,6 @@ def patient_shard(raw: list[dict[str, Any]] | _Decoded, shared_raw: list[dict[st
         if seed_text is not None:
             example["_seed"] = seed_text
         examples.append(example)
-        if level is None:
-            labels["unlabelled"] += 1
-        else:
-            labels[str(level)] += 1
-            sources[source or ""] += 1
     state.memo.reset()  # bounded memory: one patient's texts at a time
 
     return {
@@ -1078,8 +1120,6 @@ def patient_shard(raw: list[dict[str, Any]] | _Decoded, shared_raw: list[dict[st
             "dropped": dict(sorted(drops.items())),
             "leak_types": dict(sorted(leak_types.items())),
             "removed": {k: dict(sorted(v.items())) for k, v in sorted(removed.items())},
-            "labels": dict(sorted(labels.items())),
-            "label_sources": dict(sorted(sources.items())),
             "parse_skipped": dict(sorted(plan.stats.freeze().skipped_by_type.items())),
         },
     }
@@ -1246,6 +1286,7 @@ def build(cfg: BuildConfig, *, echo: Callable[[str], None] | None = None) -> Bui
     unknown = set(cfg.formats) - set(FORMATS)
     if unknown or "chat" not in cfg.formats:
         raise DatasetError(f"--format takes chat (always), seed, parquet; got {','.join(sorted(cfg.formats))}")
+    check_settings(cfg)
     try:
         key = load_key(cfg.key_file)
     except MissingKeyError as exc:
@@ -1421,6 +1462,10 @@ def merge(cfg: BuildConfig, pseudonyms: list[str], inputs: list[dict[str, Any]],
     encounters = capped = with_examples = 0
     parse_skipped: Counter[str] = Counter()
     free_texts = 0
+    balanced: Counter[str] = Counter()
+    by_source_split: dict[str, dict[str, Counter[str]]] = {}
+    uninformative_kept = largest = 0
+    before_cap: list[int] = []  # per patient with examples: how many the cap saw
     seed = "seed" in cfg.formats
     # Only patients with examples take a place in a split (a split of example-less patients is empty).
     splits = assign_splits((ps for ps in pseudonyms if _shard_has_examples(shards / f"{ps}.json")), cfg.seed, cfg.split)
@@ -1434,22 +1479,35 @@ def merge(cfg: BuildConfig, pseudonyms: list[str], inputs: list[dict[str, Any]],
             capped += st.get("encounters_capped", 0)
             drops.update(st.get("dropped", {}))
             leak_types.update(st.get("leak_types", {}))
-            labels.update(st.get("labels", {}))
-            sources.update(st.get("label_sources", {}))
             parse_skipped.update(st.get("parse_skipped", {}))
             free_texts += st.get("free_texts_scrubbed", 0)
             for rtype, by_type in st.get("removed", {}).items():
                 removed.setdefault(rtype, Counter()).update(by_type)
             split = splits.get(ps, "")
-            if shard["examples"]:
+            examples, removed_here = balance_patient(
+                shard["examples"], max_per_patient=cfg.max_per_patient, collapse=cfg.collapse_near_duplicates,
+                uninformative_keep=cfg.uninformative_keep)
+            balanced.update(removed_here)
+            if examples or removed_here.get("over_patient_cap"):
+                before_cap.append(len(examples) + removed_here.get("over_patient_cap", 0))
+            uninformative_kept += sum(1 for ex in examples if ex.get("_uninformative"))
+            if examples:
                 with_examples += 1
                 patients_per_split[split] += 1
-            for ex in shard["examples"]:
+                largest = max(largest, len(examples))
+            for ex in examples:
+                ex.pop("_uninformative", None)
                 seed_text = ex.pop("_seed", None)
                 chat[split].write(dumps_line(ex))
                 if seed and seed_text is not None:
                     seeds[split].write(dumps_line({"id": ex["id"], "patient": ex["patient"], "text": seed_text}))
                 per_split[split] += 1
+                level = ex.get("acuity")
+                labels["unlabelled" if level is None else str(level)] += 1
+                if level is not None:
+                    sources[ex.get("label_source") or ""] += 1
+                by_source_split.setdefault(split, {}).setdefault(ex.get("label_source") or "none", Counter())[
+                    "unlabelled" if level is None else str(level)] += 1
     if "parquet" in cfg.formats:
         for s in SPLITS:
             write_parquet(out / f"{s}.parquet", out / f"{s}.jsonl")
@@ -1479,11 +1537,25 @@ def merge(cfg: BuildConfig, pseudonyms: list[str], inputs: list[dict[str, Any]],
                 "by_acuity": {k: v for k, v in sorted(labels.items()) if k != "unlabelled"},
                 "unlabelled": labels.get("unlabelled", 0),
                 "by_source": dict(sorted(sources.items())),
+                "by_split_and_source": {
+                    sp: {src: dict(sorted(c.items())) for src, c in sorted(by_source_split.get(sp, {}).items())}
+                    for sp in SPLITS
+                },
+            },
+            "balance": {
+                "removed": dict(sorted(balanced.items())),
+                "uninformative_kept": uninformative_kept,
+                "largest_patient_examples": largest,
+                "largest_patient_share": round(largest / max(1, sum(per_split.values())), 4),
+                "per_patient_before_cap": _quantiles(before_cap),
             },
             "dropped": dict(sorted(drops.items())),
             "bad_lines": len(bad_lines),
             "invalid_resources_skipped": dict(sorted(parse_skipped.items())),
         },
+        "warnings": split_warnings({sp: patients_per_split.get(sp, 0) for sp in SPLITS}, cfg.split,
+                                   cfg.min_patients_per_split),
+        "rules_labeller": rules_labeller_accuracy(cfg.rules_metrics),
         "bad_lines": [{"file": b.file, "line": b.line_number, "reason": b.reason} for b in bad_lines],
         "leak_check": {
             "dropped_examples": leak_dropped,
@@ -1520,6 +1592,14 @@ def merge(cfg: BuildConfig, pseudonyms: list[str], inputs: list[dict[str, Any]],
         )
     shutil.rmtree(out / WORK_DIR, ignore_errors=True)
     return manifest, audit
+
+
+def _quantiles(values: list[int]) -> dict[str, int]:
+    """Median, 90th percentile and maximum (nearest rank) of per-patient example counts."""
+    if not values:
+        return {"median": 0, "p90": 0, "max": 0}
+    v = sorted(values)
+    return {"median": v[(len(v) - 1) // 2], "p90": v[min(len(v) - 1, -(-9 * len(v) // 10) - 1)], "max": v[-1]}
 
 
 def _output_files(out: Path, cfg: BuildConfig) -> list[Path]:

@@ -156,6 +156,7 @@ def parquet_schema() -> Any:
             ("patient", pa.string()),
             ("acuity", pa.int8()),
             ("label_source", pa.string()),
+            ("label_detail", pa.string()),
             ("messages", pa.list_(message)),
             ("chat_template_kwargs", pa.struct([("model_identity", pa.string()), ("reasoning_effort", pa.string())])),
         ]
@@ -235,15 +236,73 @@ def render_card(manifest: Mapping[str, Any], audit: Mapping[str, Any]) -> str:
     class_map = ", ".join(f"{k} → {v}" for k, v in sorted(settings["class_acuity"].items())) or "off"
     prio_map = ", ".join(f"{k} → {v}" for k, v in sorted(settings["priority_acuity"].items()))
 
-    body = f"""# Triage CDS clinic fine-tuning set
-
-De-identified examples built from a FHIR Bulk Data export by `triage dataset build`
+    # A tool other than `build` (`triage dataset import`) describes its own examples and labels.
+    text = manifest.get("card_text") or {}
+    intro = text.get("intro") or f"""De-identified examples built from a FHIR Bulk Data export by `triage dataset build`
 (tool version {manifest['tool_version']}). One example per encounter with something to learn from:
 the user turn is the patient as they stood **before** the encounter (history, active medications,
 allergies, age and sex, presenting complaint from the encounter reason and the note's chief
 complaint and history of present illness, the vital signs nearest the encounter); the assistant
 turn is a preliminary report drawn from the record (the note's assessment and plan, the
-encounter's diagnoses) with an acuity only where the record carries one.
+encounter's diagnoses) with an acuity only where the record carries one."""
+    schema = settings.get("target_schema", "triage-report")
+    labels_text = text.get("labels") or f"""Acuity on the ESI-aligned scale of `model/acuity.py`. `label_source` says where each label
+comes from: `record` (the record's own label: `Encounter.priority` ({prio_map}) or, where enabled,
+the encounter class ({class_map}); `label_detail` says which), `rules` (no label in the record: the
+ESI rules, `model.rules.score_record`, applied to the de-identified record as the example shows
+it){'' if settings.get('rules_labels', True) else ' (off in this build)'}. Target schema of this build: **{schema}**
+({'the serving `TriageReport`: every target has an acuity; an example that neither the record nor the rules can label is not written' if schema == 'triage-report' else '`DiagnosisReport`, the serving report without `acuity`: no target carries one; the row field `acuity` keeps the label for analysis'})."""
+    totals = text["totals"].format(**counts) if text.get("totals") else f"""Patients: {counts['patients']} ({counts['patients_with_examples']} with examples); encounters seen:
+{counts['encounters']}; examples written: {counts['examples']}."""
+
+    leak_scope = text.get("leak_scope") or """every Patient, RelatedPerson, Practitioner,
+Organization and Location in the export"""
+    split_source_rows = [
+        (sp, src, *[by.get(str(k), 0) for k in range(1, 6)], by.get("unlabelled", 0))
+        for sp, by_src in labels.get("by_split_and_source", {}).items() for src, by in by_src.items()
+    ]
+    rl = manifest.get("rules_labeller") or {}
+    if rl.get("overall"):
+        held = {k: v for k, v in rl.get("by_split", {}).items() if "held" in k}
+        labeller = (f"Rules labeller's own measured agreement with reference ESI levels (`{rl['source']}`): "
+                    + ", ".join(f"{k} {v}" for k, v in rl["overall"].items() if v is not None)
+                    + "".join(f"; {name} (never tuned on): " + ", ".join(f"{k} {v}" for k, v in b.items() if v is not None)
+                              for name, b in held.items()) + ".")
+    elif "rules_labeller" in manifest:
+        labeller = f"Rules labeller's measured agreement: {rl.get('note', 'not available')}."
+    else:
+        labeller = ""
+    bal = counts.get("balance")
+    balance_text = ""
+    if bal is not None:
+        removed_rows = sorted(bal["removed"].items()) or [("(none)", 0)]
+        balance_text = f"""
+## Balance
+
+Per patient at most {settings.get('max_per_patient') or 'any number of'} examples (evenly over the patient's timeline);
+near-duplicates of one patient {'collapsed' if settings.get('collapse_near_duplicates') else 'kept'} (user turn and target equal once digits are
+ignored); examples with no complaint and no finding kept at a share of {settings.get('uninformative_keep')}
+({bal['uninformative_kept']} kept). Largest patient: {bal['largest_patient_examples']} examples
+({bal['largest_patient_share']:.1%} of the set).
+
+{_table(removed_rows, ("removed", "examples"))}
+"""
+    for warning in manifest.get("warnings", []):
+        balance_text += f"\n**Warning:** {warning}.\n"
+
+    build_limits = "" if text else """- Dates are shifted, not removed: intervals within a patient are exact, so long histories keep
+  their shape.
+- Medications are those still `active` in the export and authored before the encounter; a
+  medication stopped later than the encounter is missing from that encounter's history.
+- Acuity labels derived from the encounter class describe the setting, not the patient's
+  severity; filter on `label_source` to exclude them.
+- Reports are drawn from documentation written after the encounter (assessment and plan, coded
+  diagnoses); they are what the clinician concluded, not what a triage nurse knew.
+"""
+
+    body = f"""# Triage CDS clinic fine-tuning set
+
+{intro}
 
 ## Files and format
 
@@ -272,19 +331,20 @@ many patients as such splits, so a small export still has a test split.
 
 {_table(per_split, ("split", "examples", "patients"))}
 
-Patients: {counts['patients']} ({counts['patients_with_examples']} with examples); encounters seen:
-{counts['encounters']}; examples written: {counts['examples']}.
+{totals}
 
 ## Labels
 
-Acuity on the ESI-aligned scale of `model/acuity.py`. A label comes from `Encounter.priority`
-({prio_map}) or, where enabled, from the encounter class ({class_map}). Every other example is
-kept **unlabelled** (`acuity: null`); no label is invented.
+{labels_text}
 
 {_table(label_rows, ("acuity", "examples"))}
 
 {_table(source_rows or [("(none)", 0)], ("label source", "examples"))}
 
+{_table(split_source_rows or [("(none)", "", *[0] * 6)], ("split", "label source", "1", "2", "3", "4", "5", "unlabelled"))}
+
+{labeller}
+{balance_text}
 ## De-identification
 
 - Method: `deidentify` (HIPAA Safe Harbor for structured fields; free text scrubbed by
@@ -298,8 +358,7 @@ kept **unlabelled** (`acuity: null`); no label is invented.
 ## Leak check
 
 Before writing, every example is searched for every identifier (names, address parts, phones,
-identifiers, birth dates in their written forms) of every Patient, RelatedPerson, Practitioner,
-Organization and Location in the export; an example with a hit is dropped. After writing, every
+identifiers, birth dates in their written forms) of {leak_scope}; an example with a hit is dropped. After writing, every
 output file is scanned again and the build fails if anything is found.
 
 - Examples dropped by the pre-write check: {leak['dropped_examples']}
@@ -322,15 +381,7 @@ Bad NDJSON lines skipped: {counts['bad_lines']}.
 - The check does not see identifiers of people who have no resource in the export (e.g. a
   relative named only in a note) nor quasi-identifiers (rare diagnoses, exact vital values,
   free-text occupations) that could re-identify a patient in combination.
-- Dates are shifted, not removed: intervals within a patient are exact, so long histories keep
-  their shape.
-- Medications are those still `active` in the export and authored before the encounter; a
-  medication stopped later than the encounter is missing from that encounter's history.
-- Acuity labels derived from the encounter class describe the setting, not the patient's
-  severity; filter on `label_source` to exclude them.
-- Reports are drawn from documentation written after the encounter (assessment and plan, coded
-  diagnoses); they are what the clinician concluded, not what a triage nurse knew.
-{''.join(f'- {line}' + chr(10) for line in manifest.get('limits', []))}"""
+{build_limits}{''.join(f'- {line}' + chr(10) for line in manifest.get('limits', []))}"""
     return "---\n" + yaml.safe_dump(header, sort_keys=False, allow_unicode=True) + "---\n\n" + body
 
 

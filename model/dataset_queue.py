@@ -69,6 +69,10 @@ def shard_spec(cfg: BuildConfig, k: int, n: int) -> dict[str, Any]:
         "key_file": str(cfg.key_file) if cfg.key_file else None,
         "seed": cfg.seed, "split": list(cfg.split), "formats": list(cfg.formats), "workers": cfg.workers,
         "max_encounters": cfg.max_encounters, "class_acuity": dict(cfg.class_acuity), "shard": [k, n],
+        # Not used by a shard's patients, but part of the settings a resumed build must match.
+        "target_schema": cfg.target_schema, "rules_labels": cfg.rules_labels, "max_per_patient": cfg.max_per_patient,
+        "collapse_near_duplicates": cfg.collapse_near_duplicates, "uninformative_keep": cfg.uninformative_keep,
+        "min_patients_per_split": cfg.min_patients_per_split,
     }
 
 
@@ -80,6 +84,8 @@ def _config(spec: Mapping[str, Any]) -> BuildConfig:
         seed=int(spec["seed"]), split=tuple(spec["split"]), formats=tuple(spec["formats"]),
         workers=int(spec["workers"]), max_encounters=spec.get("max_encounters"),
         class_acuity=dict(spec["class_acuity"]), shard=(int(k), int(n)), resume=True, progress=False,
+        **{f: spec[f] for f in ("target_schema", "rules_labels", "max_per_patient", "collapse_near_duplicates",
+                                "uninformative_keep", "min_patients_per_split") if f in spec},
     )
 
 

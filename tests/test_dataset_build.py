@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections import Counter
 from datetime import date
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from conftest import DATA, ROOT
 from model import dataset as ds
 from model.cli import dataset as dataset_group
 from model.dataset import BuildConfig, LeakScanner, assign_splits, build, scan_outputs, split_quotas
+from model.report import TriageReport
 
 EXPORT = DATA / "fhir" / "bulk-export-synthea-10"
 CAP: int | None = None  # every encounter of every patient
@@ -102,21 +104,25 @@ def test_build_succeeds_with_examples_and_card(built: ds.BuildResult) -> None:
     assert c["examples"] > 100
     assert sum(c["examples_per_split"].values()) == c["examples"]
     assert all(n > 0 for n in c["examples_per_split"].values())
-    # labels: only the encounter class carries one in Synthea (no Encounter.priority): EMER -> 2
+    # labels: the record's (Synthea: only the encounter class, EMER -> 2), else the ESI rules; every
+    # target valid under the serving TriageReport (the default target schema)
     labels = c["labels"]
-    assert set(labels["by_acuity"]) <= {"2"} and labels["by_source"].keys() <= {"encounter.class"}
-    assert labels["unlabelled"] + sum(labels["by_acuity"].values()) == c["examples"]
+    assert labels["unlabelled"] == 0 and set(labels["by_source"]) <= {"record", "rules"}
+    assert sum(labels["by_acuity"].values()) == c["examples"] == sum(labels["by_source"].values())
     rows = [json.loads(line) for s in ds.SPLITS for line in (out / f"{s}.jsonl").read_text().splitlines()]
     for row in rows:
         roles = [m["role"] for m in row["messages"]]
         assert roles == ["developer", "user", "assistant"]
-        report = json.loads(row["messages"][-1]["content"])
-        assert report["acuity"] == row["acuity"]
-        assert report["differential"] and report["red_flags"] == [] and report["questions_to_ask"] == []
-        if row["acuity"] is None:
-            assert row["label_source"] is None
-    emer = [r for r in rows if r["acuity"] is not None]
-    assert all(r["label_source"] == "encounter.class" and r["acuity"] == 2 for r in emer)
+        report = TriageReport.model_validate_json(row["messages"][-1]["content"])
+        assert report.acuity == row["acuity"]
+        assert report.differential and report.red_flags == [] and report.questions_to_ask == []
+    record = [r for r in rows if r["label_source"] == "record"]
+    assert record and all(r["label_detail"] == "encounter.class" and r["acuity"] == 2 for r in record)
+    ruled = [r for r in rows if r["label_source"] == "rules"]
+    assert ruled and all(r["label_detail"] == "model.rules.score_record" for r in ruled)
+    # balance: one patient no longer holds most of the set
+    assert c["balance"]["largest_patient_examples"] <= ds.DEFAULT_MAX_PER_PATIENT
+    assert max(Counter(r["patient"] for r in rows).values()) == c["balance"]["largest_patient_examples"]
     # the card: HF YAML header with configs, the key's fingerprint, never the key
     card = (out / "README.md").read_text()
     assert card.startswith("---\n") and "configs:" in card and "config_name: default" in card
