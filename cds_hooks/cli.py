@@ -36,6 +36,7 @@ class _LazyGroup(click.Group):
         "worker": "model.cli:worker",
         "flower": "model.cli:flower",
         "dataset": "model.cli:dataset",
+        "train": "model.training.cli:train_group",
     },
 )
 def cli() -> None:

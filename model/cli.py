@@ -9,7 +9,7 @@ import click
 
 @click.group("model")
 def model_group() -> None:
-    """Model tooling: build the tiny offline test model (training and evaluation come later)."""
+    """Model tooling: the tiny offline test model, adapter cards, promotion and rollback."""
 
 
 @model_group.command("tiny")
@@ -25,6 +25,96 @@ def tiny_command(out_dir: str, seed: int, data_dir: str | None) -> None:
     except (FileNotFoundError, OSError) as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(f"tiny model written to {path}")
+
+
+def _registry(registry: str | None) -> str:
+    import os
+
+    path = registry or os.environ.get("TRIAGE_ADAPTER_REGISTRY")
+    if not path:
+        raise click.ClickException("no release registry: pass --registry DIR or set TRIAGE_ADAPTER_REGISTRY")
+    return path
+
+
+_REGISTRY_OPTION = click.option("--registry", default=None, type=click.Path(file_okay=False),
+                                help="Release registry folder (else TRIAGE_ADAPTER_REGISTRY), the one the workers follow.")
+
+
+@model_group.command("info")
+@click.argument("adapter_dir", type=click.Path(file_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Print the whole card as JSON.")
+def info_command(adapter_dir: str, as_json: bool) -> None:
+    """Print an adapter's model card: base model, stage, config, dataset hash, evaluation and gate."""
+    import json
+
+    from model.training.card import CardError, read_card, summary_rows
+
+    try:
+        card = read_card(adapter_dir)
+    except CardError as exc:
+        raise click.ClickException(str(exc)) from None
+    if as_json:
+        click.echo(json.dumps(card, indent=2, sort_keys=True))
+        return
+    rows = summary_rows(card)
+    width = max(len(k) for k, _ in rows)
+    click.echo("\n".join(f"{k.ljust(width)}  {v}" for k, v in rows))
+
+
+@model_group.command("attach-metrics")
+@click.argument("adapter_dir", type=click.Path(file_okay=False))
+@click.option("--metrics", "metrics", required=True, type=click.Path(dir_okay=False),
+              help="metrics.json written by `triage evaluate` (with its top-level gate verdict).")
+def attach_metrics_command(adapter_dir: str, metrics: str) -> None:
+    """Record `triage evaluate`'s metrics and safety-gate verdict in the adapter's card."""
+    from model.training.card import CardError, attach_evaluation
+
+    try:
+        card = attach_evaluation(adapter_dir, metrics)
+    except CardError as exc:
+        raise click.ClickException(str(exc)) from None
+    verdict = "passed" if card["evaluation"]["gate"]["passed"] else "FAILED"
+    click.echo(f"{card['adapter_version']}: safety gate {verdict}")
+
+
+@model_group.command("promote")
+@click.argument("adapter_dir", type=click.Path(file_okay=False))
+@_REGISTRY_OPTION
+@click.option("--base-model", default=None, type=click.Path(file_okay=False),
+              help="The served base model directory (else TRIAGE_MODEL_PATH): the adapter must be made for it.")
+def promote_command(adapter_dir: str, registry: str | None, base_model: str | None) -> None:
+    """Serve this adapter: workers load it between batches (no restart). Refused if its safety gate did
+    not pass or it was made for another base model."""
+    import os
+
+    from model.engine import model_version_of
+    from model.release import Registry, ReleaseRefused
+
+    base = base_model or os.environ.get("TRIAGE_MODEL_PATH")
+    if not base:
+        raise click.ClickException("no base model: pass --base-model DIR or set TRIAGE_MODEL_PATH")
+    try:
+        base_version = model_version_of(base)
+    except (OSError, ValueError):
+        raise click.ClickException(f"--base-model: no model at {base} (config.json missing)") from None
+    try:
+        entry = Registry(_registry(registry)).promote(adapter_dir, base_model_version=base_version)
+    except ReleaseRefused as exc:
+        raise click.ClickException(f"refused: {exc}") from None
+    click.echo(f"serving {entry['adapter_version']} ({entry['stage']}) from {entry['adapter_path']}")
+
+
+@model_group.command("rollback")
+@_REGISTRY_OPTION
+def rollback_command(registry: str | None) -> None:
+    """Serve the previous release again (workers switch between batches)."""
+    from model.release import Registry, ReleaseRefused
+
+    try:
+        entry = Registry(_registry(registry)).rollback()
+    except ReleaseRefused as exc:
+        raise click.ClickException(f"refused: {exc}") from None
+    click.echo(f"serving {entry['adapter_version']} ({entry['stage']}) from {entry['adapter_path']} again")
 
 
 @click.group("dataset")

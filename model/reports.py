@@ -326,6 +326,8 @@ class ReportService:
         self._executor: ThreadPoolExecutor | None = None
         self._down_until = 0.0
         self._versions: tuple[str, str] | None = None
+        self._watch: Any = None  # model.release.RegistryWatch with TRIAGE_ADAPTER_REGISTRY
+        self._model_version: str | None = None
         self._versions_warned = False
         self._inflight: dict[str, Future[dict[str, Any]]] = {}
         self._lock = threading.Lock()
@@ -378,7 +380,13 @@ class ReportService:
         return f"{model}, {'Celery workers' if self.mode == 'celery' else 'in-process worker'}"
 
     def versions(self) -> tuple[str, str] | None:
-        """(model_version, adapter_version) as the workers compute them, from the same paths."""
+        """(model_version, adapter_version) as the workers compute them, from the same paths.
+
+        With a release registry the adapter is the registry's current one (re-read when it changes),
+        so a promotion changes the cache key here as it does on the workers.
+        """
+        if self.enabled and self.engine_config.adapter_registry:
+            return self._registry_versions()
         if self._versions is None and self.enabled:
             from model.engine import adapter_version_of, model_version_of
 
@@ -393,6 +401,23 @@ class ReportService:
                                 "once a worker has answered", type(exc).__name__)
                     self._versions_warned = True
         return self._versions
+
+    def _registry_versions(self) -> tuple[str, str] | None:
+        from model.engine import model_version_of
+        from model.release import RegistryWatch, ReleaseRefused
+
+        cfg = self.engine_config
+        try:
+            if self._watch is None:
+                self._watch = RegistryWatch(cfg.adapter_registry)
+                self._model_version = model_version_of(cfg.model_path, cfg.quantization)
+            release = self._watch.current()
+        except (OSError, ReleaseRefused) as exc:
+            if not self._versions_warned:
+                log.warning("cannot read the model version or adapter registry here (%s)", type(exc).__name__)
+                self._versions_warned = True
+            return None
+        return self._model_version, release["adapter_version"] if release else "none"
 
     def key_for(self, payload: Mapping[str, Any]) -> str | None:
         versions = self.versions()

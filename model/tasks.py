@@ -50,6 +50,10 @@ def run_batch(payloads: Sequence[dict[str, Any]], engine: Engine, cache: ReportC
     from model.prompts import build_messages, render_chat_prompt
 
     batch_started = time.perf_counter()
+    try:
+        engine.refresh_adapter()  # between batches: follow `triage model promote` / `rollback`
+    except Exception as exc:  # noqa: BLE001 - a bad release never fails the batch; the old adapter stays
+        log.error("adapter refresh failed: %s", type(exc).__name__)
     base = {"model_version": engine.model_version, "adapter_version": engine.adapter_version}
     variant = prompt_variant(engine)
     results: list[dict[str, Any] | None] = [None] * len(payloads)
