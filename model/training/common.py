@@ -103,6 +103,8 @@ class RunOptions:
     )
 
     def check_run_options(self) -> None:
+        if isinstance(self.eval_split, str) and self.eval_split.lower() in ("", "none", "null"):
+            self.eval_split = None  # from the command line: --eval_split none
         if not self.model_name_or_path:
             raise TrainingConfigError("model_name_or_path is required (a local model directory)")
         if not (Path(self.model_name_or_path) / "config.json").is_file():
@@ -345,6 +347,9 @@ def finish(trainer: Any, config: Any, *, stage: str, dataset_counts: dict[str, i
     from model.training.card import write_card
 
     out = Path(config.output_dir)
+    peft_config = getattr(trainer.model, "peft_config", {})
+    if "ref" in peft_config and len(peft_config) > 1:  # DPO/KTO's frozen reference copy: not part of the release
+        trainer.model.delete_adapter("ref")
     trainer.save_model(str(out))
     if not trainer.accelerator.is_main_process:
         return out
