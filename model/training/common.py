@@ -220,7 +220,8 @@ def load_base_model(opts: RunOptions):
     kwargs: dict[str, Any] = {"dtype": dtype, "local_files_only": True}
     if opts.attn_implementation:
         kwargs["attn_implementation"] = opts.attn_implementation
-    if device == "cuda":  # one process per GPU (accelerate launch): this process's own device
+    if device == "cuda" and os.environ.get("ACCELERATE_USE_FSDP", "").lower() not in ("1", "true"):
+        # one process per GPU (accelerate launch): this process's own device; FSDP places shards itself
         from accelerate import PartialState
 
         kwargs["device_map"] = {"": PartialState().local_process_index}
@@ -365,6 +366,7 @@ def finish(trainer: Any, config: Any, *, stage: str, dataset_counts: dict[str, i
             "global_steps": int(trainer.state.global_step),
             "first_loss": losses[0] if losses else None,
             "final_loss": losses[-1] if losses else None,
+            "losses": [round(float(x), 6) for x in losses],  # every logged step: the loss curve
             "train_loss": next((h["train_loss"] for h in reversed(history) if "train_loss" in h), None),
             "trainable_parameters": trainable,
             "total_parameters": total,
