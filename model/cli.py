@@ -117,6 +117,27 @@ def rollback_command(registry: str | None) -> None:
     click.echo(f"serving {entry['adapter_version']} ({entry['stage']}) from {entry['adapter_path']} again")
 
 
+@model_group.command("serve-openai")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", type=click.IntRange(1, 65535), default=8000, show_default=True, help="Port.")
+@click.option("--name", "names", multiple=True, help="Model name(s) clients use (default: the model version).")
+def serve_openai_command(host: str, port: int, names: tuple[str, ...]) -> None:
+    """Serve the configured model (TRIAGE_MODEL_PATH, TRIAGE_ADAPTER_PATH...) behind an OpenAI-compatible
+    chat-completions API, for TRIAGE_ENGINE=openai workers where vLLM is not used."""
+    from werkzeug.serving import run_simple
+
+    from model.engine import Engine, EngineConfig, EngineConfigError
+    from model.openai_server import create_openai_app
+
+    try:
+        config = EngineConfig.from_env(engine="transformers")
+        engine = Engine.load(config)
+    except EngineConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"serving {engine.model_version} (adapter {engine.adapter_version}) on http://{host}:{port}/v1", err=True)
+    run_simple(host, port, create_openai_app(engine, served_names=names), threaded=True)
+
+
 @click.group("dataset")
 def dataset() -> None:
     """Build de-identified fine-tuning datasets from clinic records."""
@@ -150,10 +171,11 @@ def worker(pool: str, concurrency: int, loglevel: str, queue: str | None, hostna
     settings = settings_of(app)
     if not settings.broker_url:
         raise click.ClickException("TRIAGE_BROKER_URL is not set: the worker needs a broker (e.g. redis://redis:6379/0)")
-    if not settings.model_path:
-        raise click.ClickException("TRIAGE_MODEL_PATH is not set: the worker needs a model directory")
-    if not os.path.isfile(os.path.join(settings.model_path, "config.json")):
-        raise click.ClickException(f"TRIAGE_MODEL_PATH: no model at {settings.model_path} (config.json missing)")
+    if os.environ.get("TRIAGE_ENGINE", "transformers") != "openai":  # an OpenAI-compatible server holds the model
+        if not settings.model_path:
+            raise click.ClickException("TRIAGE_MODEL_PATH is not set: the worker needs a model directory")
+        if not os.path.isfile(os.path.join(settings.model_path, "config.json")):
+            raise click.ClickException(f"TRIAGE_MODEL_PATH: no model at {settings.model_path} (config.json missing)")
     argv = [
         "worker",
         f"--pool={pool}",

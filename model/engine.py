@@ -41,6 +41,11 @@ class EngineConfigError(ValueError):
 
 @dataclass
 class EngineConfig:
+    engine: str = field(default="transformers", metadata={"env": "TRIAGE_ENGINE", "help": "transformers (the model in this process) | openai (an OpenAI-compatible server such as vLLM: TRIAGE_OPENAI_*)."})
+    openai_base_url: str | None = field(default=None, metadata={"env": "TRIAGE_OPENAI_BASE_URL", "help": "Base URL of the OpenAI-compatible server, e.g. http://vllm:8000/v1."})
+    openai_model: str | None = field(default=None, metadata={"env": "TRIAGE_OPENAI_MODEL", "help": "The base model's name on that server (e.g. openai/gpt-oss-20b)."})
+    openai_adapter: str | None = field(default=None, metadata={"env": "TRIAGE_OPENAI_ADAPTER", "help": "The LoRA adapter's name on that server (vLLM --lora-modules NAME=path); requests name it as the model."})
+    openai_timeout_s: float = field(default=120.0, metadata={"env": "TRIAGE_OPENAI_TIMEOUT_S", "help": "Seconds one request to the server may take."})
     model_path: str | None = field(default=None, metadata={"env": "TRIAGE_MODEL_PATH", "help": "Local directory of the base model (bf16 gpt-oss or the tiny model)."})
     adapter_path: str | None = field(default=None, metadata={"env": "TRIAGE_ADAPTER_PATH", "help": "Local directory of a PEFT LoRA adapter."})
     adapter_registry: str | None = field(default=None, metadata={"env": "TRIAGE_ADAPTER_REGISTRY", "help": "Release registry folder (`triage model promote`): its current adapter is served instead of TRIAGE_ADAPTER_PATH and followed between batches, without a restart."})
@@ -59,6 +64,7 @@ class EngineConfig:
 
     def __post_init__(self) -> None:
         self.quantization = self.quantization.lower()
+        _choice("engine", self.engine, ("transformers", "openai"))
         _choice("quantization", self.quantization, QUANTIZATIONS)
         _choice("device", self.device, DEVICES)
         _choice("dtype", self.dtype, DTYPES)
@@ -186,6 +192,10 @@ class Engine:
         from model.quantize import load_nf4, mxfp4_config, require_mxfp4
 
         config = config or EngineConfig.from_env()
+        if config.engine == "openai":
+            from model.openai_engine import OpenAIEngine
+
+            return OpenAIEngine(config)  # type: ignore[return-value] - same interface for run_batch
         if not config.model_path:
             raise EngineConfigError("no model configured: set TRIAGE_MODEL_PATH to a local model directory")
         model_dir = Path(config.model_path)
@@ -245,6 +255,12 @@ class Engine:
         engine = cls(model, tokenizer, config, model_version=model_version, adapter_version=adapter_version, **kwargs)
         engine._watch = watch
         return engine
+
+    def render(self, messages: list[dict[str, Any]]) -> str:
+        """The harmony prompt for `messages` (what `generate_reports` takes)."""
+        from model.prompts import render_chat_prompt
+
+        return render_chat_prompt(self.tokenizer, messages, reasoning_effort=self.config.reasoning_effort)
 
     # -- served adapter --------------------------------------------------------------------------
 

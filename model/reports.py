@@ -316,7 +316,7 @@ class ReportService:
     ) -> None:
         self.settings = settings
         self.engine_config = engine_config
-        self.enabled = bool(settings.model_path)
+        self.enabled = bool(settings.model_path) or (engine_config is not None and engine_config.engine == "openai")
         self.mode: Literal["celery", "embedded", "disabled"] = (
             "disabled" if not self.enabled else "celery" if settings.broker_url else "embedded"
         )
@@ -356,7 +356,8 @@ class ReportService:
         """From `TRIAGE_*` values (a Flask app.config, or os.environ when None)."""
         settings = inference_settings(values)
         engine_config = None
-        if settings.model_path:
+        engine_kind = (values or {}).get("TRIAGE_ENGINE") or os.environ.get("TRIAGE_ENGINE")
+        if settings.model_path or engine_kind == "openai":
             from model.engine import EngineConfig
 
             # The engine's own settings (quantization, reasoning effort...) shape the cache key:
@@ -385,6 +386,10 @@ class ReportService:
         With a release registry the adapter is the registry's current one (re-read when it changes),
         so a promotion changes the cache key here as it does on the workers.
         """
+        if self.enabled and self.engine_config.engine == "openai":
+            from model.openai_engine import openai_versions
+
+            return openai_versions(self.engine_config)
         if self.enabled and self.engine_config.adapter_registry:
             return self._registry_versions()
         if self._versions is None and self.enabled:
