@@ -5,12 +5,13 @@ padding, as ratios measured in this one run.
 
 Each mode trains one epoch over the same chat examples (lengths spread from ~30 to ~70% of --max-length tokens, never truncated,
 as a clinic set mixed with short imported Q&A is) with the same LoRA (r=8, q/k/v/o), batch of 4
-sequences (packing: blocks of --max-length), fp32, no checkpointing. Throughput = the examples' real
+sequences (packing: one block of 4 x --max-length), fp32, no checkpointing. Throughput = the examples' real
 tokens (no padding) / train_runtime. Modes:
 
 - padding: each batch padded to its longest example (the baseline);
 - padding_free: the batch's examples flattened into one row with position_ids (TRL `padding_free`);
-- packing: examples packed best-fit-decreasing into --max-length blocks (TRL `packing`, bfd_split).
+- packing: examples packed best-fit-decreasing into blocks of 4 x --max-length, one block per step
+  (TRL `packing`, bfd_split): at most the tokens of a padded batch of 4.
 
 On CPU transformers runs gpt-oss's attention eagerly: a flattened or packed row is one long sequence
 (attention cost grows with its square, and examples are not masked from each other), so the CPU ratio
@@ -48,7 +49,7 @@ def examples(tokenizer, n: int, max_length: int, seed: int = 0) -> list[dict]:
     rng = random.Random(seed)
     rows = []
     for _ in range(n):
-        size = rng.randint(10, max(11, int(max_length * 0.3)))  # words: never truncated, so every mode sees every token
+        size = rng.randint(10, max(11, int(max_length * 0.15)))  # words: never truncated, so every mode sees every token
         start = rng.randrange(0, len(words) - 2 * size)
         rows.append({"messages": [
             {"role": "user", "content": " ".join(words[start:start + size])},
@@ -69,7 +70,8 @@ def run(mode: str, model_dir: Path, rows: list[dict], max_length: int, out: Path
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype="float32")
     args = SFTConfig(output_dir=str(out / mode), bf16=False, use_cpu=True, activation_checkpointing=False,
                      per_device_train_batch_size=1 if mode == "packing" else 4, num_train_epochs=1,
-                     max_length=None if mode == "padding_free" else max_length, assistant_only_loss=True, learning_rate=1e-4, logging_steps=1000,
+                     max_length={"padding_free": None, "packing": 4 * max_length}.get(mode, max_length),
+                     assistant_only_loss=True, learning_rate=1e-4, logging_steps=1000,
                      save_strategy="no", report_to="none", seed=0, dataloader_num_workers=0, disable_tqdm=True,
                      **MODES[mode])
     trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tok,
