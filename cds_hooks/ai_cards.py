@@ -27,6 +27,9 @@ AI_OVERRIDE_REASONS: tuple[OverrideReason, ...] = (
                    display="Differential is wrong or unhelpful"),
     OverrideReason(system=OVERRIDE_REASONS[0].system, code="ai-unsafe", display="Advice is unsafe"),
     *OVERRIDE_REASONS[1:2],  # clinical judgement differs
+    # The nurse's own level: an overridden report becomes a DPO pair (model.feedback_export).
+    *(OverrideReason(system=OVERRIDE_REASONS[0].system, code=f"ai-acuity-{level.value}",
+                     display=f"Acuity should be {level.value} ({level.label})") for level in Acuity),
 )
 PRELIMINARY = ("_Preliminary AI report for nurse review, written by a language model from de-identified "
                "data. It is not a diagnosis and does not replace clinical judgement._")

@@ -37,6 +37,7 @@ class _LazyGroup(click.Group):
         "worker": "model.cli:worker",
         "flower": "model.cli:flower",
         "dataset": "model.cli:dataset",
+        "train": "model.training.cli:train_group",
         "evaluate": "cds_hooks.evaluate:evaluate",
     },
 )

@@ -147,19 +147,60 @@ def import_reasoning_command(input_path: Path, output: Path, source: str, limit:
 
 @click.command("feedback")
 @click.option("--database", required=True, help="SQLAlchemy URL of the service's database.")
-@click.option("--output", "output", required=True, type=click.Path(path_type=Path, dir_okay=False), help="KTO JSONL to write.")
-def feedback_command(database: str, output: Path) -> None:
-    """Export nurses' card feedback as KTO data (prompt, completion, label, override_reason)."""
-    from model.feedback_export import FeedbackExportError, export_feedback
+@click.option("--output", "output", default=None, type=click.Path(path_type=Path, dir_okay=False), help="KTO JSONL to write (KTO only).")
+@click.option("--output-dir", "output_dir", default=None, type=click.Path(path_type=Path, file_okay=False),
+              help="Folder for the preference stages: kto.jsonl, dpo.jsonl, preferences.json (counts, balance).")
+@click.option("--identifiers", "identifiers", default=None, type=click.Path(path_type=Path),
+              help="The clinic's Bulk export: its people's identifiers are searched for in every row (fail closed).")
+def feedback_command(database: str, output: Path | None, output_dir: Path | None, identifiers: Path | None) -> None:
+    """Export nurses' card feedback as preference data: KTO (accepted / overridden) and DPO pairs
+    (an overridden report against the one consistent with the nurse's call)."""
+    from model.feedback_export import FeedbackExportError, PreferenceLeak, export_feedback, export_preferences
 
+    if (output is None) == (output_dir is None):
+        _fail("give one of --output (KTO JSONL) or --output-dir (KTO + DPO folder)")
+        return
+    if output is not None:
+        try:
+            result = export_feedback(database, output)
+        except FeedbackExportError as exc:
+            _fail(str(exc))
+            return
+        counts = result.as_dict()
+        click.echo(f"{result.examples} KTO examples written to {output}\n"
+                   + _table([(k, v) for k, v in counts.items() if k != "examples"] or [("cards with feedback", 0)]))
+        return
+    ids = None
+    if identifiers is not None:
+        from model.dataset import DatasetError, export_identifiers
+
+        if not identifiers.exists():
+            _fail(f"--identifiers: {identifiers} does not exist")
+            return
+        try:
+            ids = export_identifiers(identifiers)
+        except (DatasetError, OSError) as exc:
+            _fail(f"--identifiers: cannot read {identifiers} ({type(exc).__name__})")
+            return
     try:
-        result = export_feedback(database, output)
+        pref = export_preferences(database, output_dir, identifiers=ids)
+    except PreferenceLeak as exc:
+        _fail(str(exc), 3)
+        return
     except FeedbackExportError as exc:
         _fail(str(exc))
         return
-    counts = result.as_dict()
-    click.echo(f"{result.examples} KTO examples written to {output}\n"
-               + _table([(k, v) for k, v in counts.items() if k != "examples"] or [("cards with feedback", 0)]))
+    summary = pref.as_dict()
+    balance = summary["balance"]
+    rows: list[tuple[str, object]] = [
+        ("KTO examples", f"{pref.kto} ({balance['desirable']} accepted, {balance['undesirable']} overridden)"),
+        ("DPO pairs", pref.dpo),
+        ("suggested undesirable_weight", balance["suggested_undesirable_weight"]),
+        ("leak check", summary["leak_check"]["status"] + (f" ({pref.counts['leak_check_dropped']} dropped)"
+                                                         if pref.counts["leak_check_dropped"] else "")),
+    ]
+    rows += [(k, v) for k, v in summary["counts"].items() if not k.startswith("kto_")]
+    click.echo(f"preference data written to {output_dir}\n" + _table(rows))
 
 
 @click.command("import")

@@ -41,8 +41,14 @@ class EngineConfigError(ValueError):
 
 @dataclass
 class EngineConfig:
+    engine: str = field(default="transformers", metadata={"env": "TRIAGE_ENGINE", "help": "transformers (the model in this process) | openai (an OpenAI-compatible server such as vLLM: TRIAGE_OPENAI_*)."})
+    openai_base_url: str | None = field(default=None, metadata={"env": "TRIAGE_OPENAI_BASE_URL", "help": "Base URL of the OpenAI-compatible server, e.g. http://vllm:8000/v1."})
+    openai_model: str | None = field(default=None, metadata={"env": "TRIAGE_OPENAI_MODEL", "help": "The base model's name on that server (e.g. openai/gpt-oss-20b)."})
+    openai_adapter: str | None = field(default=None, metadata={"env": "TRIAGE_OPENAI_ADAPTER", "help": "The LoRA adapter's name on that server (vLLM --lora-modules NAME=path); requests name it as the model."})
+    openai_timeout_s: float = field(default=120.0, metadata={"env": "TRIAGE_OPENAI_TIMEOUT_S", "help": "Seconds one request to the server may take."})
     model_path: str | None = field(default=None, metadata={"env": "TRIAGE_MODEL_PATH", "help": "Local directory of the base model (bf16 gpt-oss or the tiny model)."})
     adapter_path: str | None = field(default=None, metadata={"env": "TRIAGE_ADAPTER_PATH", "help": "Local directory of a PEFT LoRA adapter."})
+    adapter_registry: str | None = field(default=None, metadata={"env": "TRIAGE_ADAPTER_REGISTRY", "help": "Release registry folder (`triage model promote`): its current adapter is served instead of TRIAGE_ADAPTER_PATH and followed between batches, without a restart."})
     quantization: str = field(default="none", metadata={"env": "TRIAGE_QUANTIZATION", "help": "none | nf4 (bitsandbytes, attention and experts) | mxfp4 (GPU only)."})
     merge_adapter: bool = field(default=False, metadata={"env": "TRIAGE_MERGE_ADAPTER", "help": "Merge the LoRA weights into the base weights after loading."})
     device: str = field(default="auto", metadata={"env": "TRIAGE_DEVICE", "help": "auto | cpu | cuda."})
@@ -58,6 +64,7 @@ class EngineConfig:
 
     def __post_init__(self) -> None:
         self.quantization = self.quantization.lower()
+        _choice("engine", self.engine, ("transformers", "openai"))
         _choice("quantization", self.quantization, QUANTIZATIONS)
         _choice("device", self.device, DEVICES)
         _choice("dtype", self.dtype, DTYPES)
@@ -88,6 +95,12 @@ class EngineConfig:
             values[f.name] = _convert(f.name, f.metadata["env"], raw.strip(), f.type)
         values.update(overrides)
         return cls(**values)
+
+
+def _log():
+    import logging
+
+    return logging.getLogger(__name__)
 
 
 def _choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
@@ -150,6 +163,8 @@ class Engine:
         self.last_stats: dict[str, Any] = {}
         self._lock = threading.Lock()
         self._prefixes: OrderedDict[tuple[int, ...], Any] = OrderedDict()
+        self._watch: Any = None  # model.release.RegistryWatch when a release registry is configured
+        self._refused: str | None = None  # the last release refused (not retried until it changes)
         self.prefill_by_row = True  # False: one padded prefill inside generate (the reference path)
         self._ids = {t: tokenizer.convert_tokens_to_ids(t) for t in (
             "<|start|>", "<|end|>", "<|message|>", "<|channel|>", "<|constrain|>", "<|return|>", "<|call|>",
@@ -177,6 +192,10 @@ class Engine:
         from model.quantize import load_nf4, mxfp4_config, require_mxfp4
 
         config = config or EngineConfig.from_env()
+        if config.engine == "openai":
+            from model.openai_engine import OpenAIEngine
+
+            return OpenAIEngine(config)  # type: ignore[return-value] - same interface for run_batch
         if not config.model_path:
             raise EngineConfigError("no model configured: set TRIAGE_MODEL_PATH to a local model directory")
         model_dir = Path(config.model_path)
@@ -203,11 +222,27 @@ class Engine:
 
         if device == "cpu":
             use_sink_attention(model)
+        model_version = model_version_of(model_dir, config.quantization)
         adapter_version = "none"
-        if config.adapter_path:
+        adapter_dir = Path(config.adapter_path) if config.adapter_path else None
+        watch = None
+        if config.adapter_registry:
+            from model.release import RegistryWatch, ReleaseRefused, check_adapter
+
+            if config.merge_adapter:
+                raise EngineConfigError("TRIAGE_MERGE_ADAPTER cannot be used with TRIAGE_ADAPTER_REGISTRY (a merged "
+                                        "adapter cannot be swapped)")
+            watch = RegistryWatch(config.adapter_registry)
+            try:
+                release = watch.current()
+                if release is not None:
+                    adapter_dir = Path(release["adapter_path"])
+                    check_adapter(adapter_dir, model_version)
+            except ReleaseRefused as exc:
+                raise EngineConfigError(f"TRIAGE_ADAPTER_REGISTRY: {exc}") from None
+        if adapter_dir is not None:
             from peft import PeftModel
 
-            adapter_dir = Path(config.adapter_path)
             if not (adapter_dir / "adapter_config.json").is_file():
                 raise EngineConfigError(f"TRIAGE_ADAPTER_PATH: no PEFT adapter at {adapter_dir}")
             model = PeftModel.from_pretrained(model, adapter_dir, is_trainable=False)
@@ -217,8 +252,62 @@ class Engine:
         model.eval()
         tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
         tokenizer.padding_side = "left"
-        return cls(model, tokenizer, config, model_version=model_version_of(model_dir, config.quantization),
-                   adapter_version=adapter_version, **kwargs)
+        engine = cls(model, tokenizer, config, model_version=model_version, adapter_version=adapter_version, **kwargs)
+        engine._watch = watch
+        return engine
+
+    def render(self, messages: list[dict[str, Any]]) -> str:
+        """The harmony prompt for `messages` (what `generate_reports` takes)."""
+        from model.prompts import render_chat_prompt
+
+        return render_chat_prompt(self.tokenizer, messages, reasoning_effort=self.config.reasoning_effort)
+
+    # -- served adapter --------------------------------------------------------------------------
+
+    def refresh_adapter(self) -> bool:
+        """Follow the release registry (between batches): True when the served adapter changed.
+
+        A release this worker must not serve (another base model, a failed gate, changed weights)
+        is refused and logged; the adapter already loaded stays.
+        """
+        watch = getattr(self, "_watch", None)
+        if watch is None:
+            return False
+        from model.release import ReleaseRefused, check_adapter
+
+        try:
+            release = watch.current()
+        except ReleaseRefused as exc:
+            _log().error("adapter registry unreadable, keeping %s: %s", self.adapter_version, exc)
+            return False
+        wanted = release["adapter_version"] if release else "none"
+        if wanted == self.adapter_version or wanted == self._refused:
+            return False
+        try:
+            if release is not None:
+                check_adapter(release["adapter_path"], self.model_version)
+            self.use_adapter(release["adapter_path"] if release else None)
+        except (ReleaseRefused, OSError, ValueError) as exc:
+            self._refused = wanted
+            self.counters["adapter_refused"] += 1
+            _log().error("adapter %s refused, keeping %s: %s", wanted, self.adapter_version, exc)
+            return False
+        _log().info("now serving adapter %s", self.adapter_version)
+        return True
+
+    def use_adapter(self, adapter_dir: str | os.PathLike[str] | None) -> None:
+        """Swap the LoRA adapter on the loaded base model (None: the base model alone)."""
+        from peft import PeftModel
+
+        with self._lock:
+            if self.config.merge_adapter:
+                raise EngineConfigError("a merged adapter cannot be swapped")
+            base = self.model.unload() if isinstance(self.model, PeftModel) else self.model
+            model = PeftModel.from_pretrained(base, adapter_dir, is_trainable=False) if adapter_dir else base
+            self.model = model.eval()
+            self.adapter_version = adapter_version_of(adapter_dir) if adapter_dir else "none"
+            self._prefixes.clear()  # prefilled prefixes were computed with the old weights
+            self.counters["adapter_swaps"] += 1
 
     # -- generation ------------------------------------------------------------------------------
 

@@ -331,7 +331,7 @@ class ReportService:
     ) -> None:
         self.settings = settings
         self.engine_config = engine_config
-        self.enabled = bool(settings.model_path)
+        self.enabled = bool(settings.model_path) or (engine_config is not None and engine_config.engine == "openai")
         self.mode: Literal["celery", "embedded", "disabled"] = (
             "disabled" if not self.enabled else "celery" if settings.broker_url else "embedded"
         )
@@ -341,6 +341,8 @@ class ReportService:
         self._executor: ThreadPoolExecutor | None = None
         self._down_until = 0.0
         self._versions: tuple[str, str] | None = None
+        self._watch: Any = None  # model.release.RegistryWatch with TRIAGE_ADAPTER_REGISTRY
+        self._model_version: str | None = None
         self._versions_warned = False
         self._inflight: dict[str, Future[dict[str, Any]]] = {}
         self._lock = threading.Lock()
@@ -374,7 +376,8 @@ class ReportService:
         """From `TRIAGE_*` values (a Flask app.config, or os.environ when None)."""
         settings = inference_settings(values)
         engine_config = None
-        if settings.model_path:
+        engine_kind = (values or {}).get("TRIAGE_ENGINE") or os.environ.get("TRIAGE_ENGINE")
+        if settings.model_path or engine_kind == "openai":
             from model.engine import EngineConfig
 
             # The engine's own settings (quantization, reasoning effort...) shape the cache key:
@@ -398,7 +401,17 @@ class ReportService:
         return f"{model}, {'Celery workers' if self.mode == 'celery' else 'in-process worker'}"
 
     def versions(self) -> tuple[str, str] | None:
-        """(model_version, adapter_version) as the workers compute them, from the same paths."""
+        """(model_version, adapter_version) as the workers compute them, from the same paths.
+
+        With a release registry the adapter is the registry's current one (re-read when it changes),
+        so a promotion changes the cache key here as it does on the workers.
+        """
+        if self.enabled and self.engine_config.engine == "openai":
+            from model.openai_engine import openai_versions
+
+            return openai_versions(self.engine_config)
+        if self.enabled and self.engine_config.adapter_registry:
+            return self._registry_versions()
         if self._versions is None and self.enabled:
             from model.engine import adapter_version_of, model_version_of
 
@@ -413,6 +426,23 @@ class ReportService:
                                 "once a worker has answered", type(exc).__name__)
                     self._versions_warned = True
         return self._versions
+
+    def _registry_versions(self) -> tuple[str, str] | None:
+        from model.engine import model_version_of
+        from model.release import RegistryWatch, ReleaseRefused
+
+        cfg = self.engine_config
+        try:
+            if self._watch is None:
+                self._watch = RegistryWatch(cfg.adapter_registry)
+                self._model_version = model_version_of(cfg.model_path, cfg.quantization)
+            release = self._watch.current()
+        except (OSError, ReleaseRefused) as exc:
+            if not self._versions_warned:
+                log.warning("cannot read the model version or adapter registry here (%s)", type(exc).__name__)
+                self._versions_warned = True
+            return None
+        return self._model_version, release["adapter_version"] if release else "none"
 
     def key_for(self, payload: Mapping[str, Any]) -> str | None:
         versions = self.versions()

@@ -47,9 +47,13 @@ def run_batch(payloads: Sequence[dict[str, Any]], engine: Engine, cache: ReportC
     inputs in one batch are generated once.
     """
     from deidentify.record import DeidentifiedRecord
-    from model.prompts import build_messages, render_chat_prompt
+    from model.prompts import build_messages
 
     batch_started = time.perf_counter()
+    try:
+        engine.refresh_adapter()  # between batches: follow `triage model promote` / `rollback`
+    except Exception as exc:  # noqa: BLE001 - a bad release never fails the batch; the old adapter stays
+        log.error("adapter refresh failed: %s", type(exc).__name__)
     base = {"model_version": engine.model_version, "adapter_version": engine.adapter_version}
     variant = prompt_variant(engine)
     results: list[dict[str, Any] | None] = [None] * len(payloads)
@@ -71,7 +75,7 @@ def run_batch(payloads: Sequence[dict[str, Any]], engine: Engine, cache: ReportC
         try:
             record = DeidentifiedRecord.from_payload(payload)
             messages = build_messages(record)
-            prompt = render_chat_prompt(engine.tokenizer, messages, reasoning_effort=engine.config.reasoning_effort)
+            prompt = engine.render(messages)  # harmony text here; the messages for an OpenAI-compatible server
         except Exception as exc:  # noqa: BLE001 - a bad payload fails alone, never the batch
             results[i] = {**base, "key": key, "status": STATUS_ERROR, "error": f"bad payload ({type(exc).__name__})"}
             _safe_incr(cache, "bad_payload")

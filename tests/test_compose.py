@@ -23,7 +23,14 @@ KNOWN = {s.name for s in SETTINGS} | {f.metadata["env"] for f in fields(EngineCo
 
 
 def test_the_stack_has_every_service():
-    assert set(COMPOSE["services"]) == {"api", "worker", "flower", "dataset-worker", "redis", "postgres"}
+    assert set(COMPOSE["services"]) == {"api", "worker", "flower", "dataset-worker", "redis", "postgres", "vllm"}
+    # vLLM starts only with its profile, on one GPU, serving the adapter under TRIAGE_OPENAI_ADAPTER's name.
+    vllm = COMPOSE["services"]["vllm"]
+    env = COMPOSE["services"]["worker"]["environment"]
+    assert vllm["profiles"] == ["vllm"] and "--enable-lora" in vllm["command"]
+    assert f"{env['TRIAGE_OPENAI_ADAPTER']}=/models/adapter" in vllm["command"]
+    assert vllm["command"][vllm["command"].index("--served-model-name") + 1] == env["TRIAGE_OPENAI_MODEL"]
+    assert env["TRIAGE_OPENAI_BASE_URL"] == "http://vllm:8000/v1"
     # The data stewards' shard worker starts only on request, and never reserves a GPU.
     assert COMPOSE["services"]["dataset-worker"]["profiles"] == ["datasets"]
     assert "deploy" not in COMPOSE["services"]["dataset-worker"]

@@ -1,0 +1,44 @@
+"""Supervised fine-tuning: history and symptoms -> preliminary report, on TRL's SFTTrainer + LoRA.
+
+Loss on the assistant's turns only (`assistant_only_loss`): TRL swaps in its gpt-oss training
+template (`gptoss_training.jinja`, the shipped harmony template with generation markers), so the
+`thinking` of an example is trained as the analysis channel and its report as the final channel.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from trl import SFTConfig, SFTTrainer
+
+from model.training.common import RunOptions, finish, load_tokenizer, model_and_peft
+from model.training.data import chat_datasets
+
+
+@dataclass
+class SftRunConfig(RunOptions, SFTConfig):
+    """SFT of a LoRA adapter on chat examples (TRL's SFTConfig plus the run options)."""
+
+    assistant_only_loss: bool = field(
+        default=True,
+        metadata={"help": "Loss on the assistant's turns only (analysis and final channels), not on the prompt."},
+    )
+    max_length: int | None = field(
+        default=2048, metadata={"help": "Longest tokenized example; longer ones are truncated (keep_start)."}
+    )
+
+
+def train(config: SftRunConfig) -> Path:
+    train_ds, eval_ds = chat_datasets(config)
+    model, peft_config = model_and_peft(config)
+    trainer = SFTTrainer(
+        model=model,
+        args=config,
+        train_dataset=train_ds,
+        eval_dataset=eval_ds,
+        processing_class=load_tokenizer(config),
+        peft_config=peft_config,
+    )
+    trainer.train()
+    counts = {"train": len(train_ds), "eval": len(eval_ds) if eval_ds is not None else 0}
+    return finish(trainer, config, stage="sft", dataset_counts=counts)
