@@ -94,6 +94,17 @@ def test_schema_errors_name_the_field_but_not_the_value(client):
     assert "SECRET-abc" not in payload["message"]
 
 
+@pytest.mark.parametrize("rtype", [["Observation"], {"resourceType": "Observation"}])
+def test_prefetch_entry_with_non_string_resource_type_is_skipped(client, rtype):
+    # Issue 15: three of 150 malformed requests were HTTP 500 (TypeError, unhashable type).
+    body = patient_view(load(uscore_paths()[1]))
+    body["prefetch"]["vitals"] = {"resourceType": "Bundle", "type": "searchset",
+                                  "entry": [{"resource": {"resourceType": rtype}}]}
+    response = post_hook(client, body)
+    assert response.status_code == 200, response.get_json()
+    assert response.get_json()["cards"]
+
+
 def test_body_over_limit_is_413(client):
     body = patient_view(load(uscore_paths()[0]))
     assert len(json.dumps(body)) > 64 * 1024
