@@ -71,6 +71,9 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
 
     app.register_blueprint(api)
     app.register_blueprint(feedback_bp)
+    from cds_hooks import openapi
+
+    openapi.init_app(app)
     _register_error_handlers(app)
     return app
 
