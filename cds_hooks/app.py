@@ -71,9 +71,10 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
 
     app.register_blueprint(api)
     app.register_blueprint(feedback_bp)
-    from cds_hooks import openapi
+    from cds_hooks import health, openapi
 
     openapi.init_app(app)
+    health.init_app(app)
     _register_error_handlers(app)
     return app
 

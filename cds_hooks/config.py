@@ -78,6 +78,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("TRIAGE_INSTANCE_DIR", None, parse_str,
             "Instance folder (default SQLite file, demo pseudonym key). Default: Flask's instance "
             "folder of the package."),
+    Setting("TRIAGE_READY_TIMEOUT_S", 0.5, parse_positive_float,
+            "Seconds each check of `/ready` (database, Redis, broker, worker ping) may take."),
     Setting("TRIAGE_LOG_LEVEL", "INFO", parse_str, "Log level of the service (DEBUG, INFO, WARNING...)."),
 )
 

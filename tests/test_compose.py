@@ -82,3 +82,17 @@ def test_every_setting_is_set_known_and_documented():
     for setting in INFERENCE_SETTINGS:  # compose shows the defaults (URLs are the deployment's own)
         if setting.default is not None:
             assert setting.parse(str(env[setting.name])) == setting.default, setting.name
+
+
+def test_health_checks_use_the_service_endpoints():
+    from cds_hooks.app import create_app  # noqa: F401 (the routes the checks name exist: tests/test_health.py)
+
+    api = " ".join(COMPOSE["services"]["api"]["healthcheck"]["test"])
+    assert "http://127.0.0.1:8080/ready" in api
+    worker = " ".join(COMPOSE["services"]["worker"]["healthcheck"]["test"])
+    # The node name `triage worker` gives itself by default (celery's %h is the container's hostname).
+    assert "inspect ping -d triage-inference@$$HOSTNAME" in worker
+    assert "/healthcheck" in " ".join(COMPOSE["services"]["flower"]["healthcheck"]["test"])
+    ctx = click.Context(cli)
+    worker_cmd = cli.get_command(ctx, "worker")
+    assert any(o.name == "hostname" and "triage-inference@" in (o.help or "") for o in worker_cmd.params)
