@@ -18,7 +18,7 @@ from flask import Blueprint, Flask, Response, current_app, g, jsonify, request
 from flask_cors import CORS
 from werkzeug.exceptions import HTTPException
 
-from cds_hooks import auth, store
+from cds_hooks import auth, metrics, store
 from cds_hooks.config import load_settings
 from cds_hooks.errors import ApiError, PreconditionFailed  # noqa: F401 (re-exported)
 from cds_hooks.schemas import HookRequest, ValidationError, to_wire, validation_summary
@@ -71,10 +71,11 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
 
     app.register_blueprint(api)
     app.register_blueprint(feedback_bp)
-    from cds_hooks import health, openapi
+    from cds_hooks import health, metrics, openapi
 
     openapi.init_app(app)
     health.init_app(app)
+    metrics.init_app(app)
     _register_error_handlers(app)
     return app
 
@@ -109,7 +110,11 @@ def invoke(service_id: str) -> Response:
         raise ApiError(400, "invalid_context", validation_summary(exc, prefix="context.")) from None
     g.hook_instance = hook_request.hookInstance
     handler = service.resolve_handler()
-    response = handler(hook_request, context, current_app.extensions["triage_runtime"], service)
+    runtime = current_app.extensions["triage_runtime"]
+    response = handler(hook_request, context, runtime, service)
+    if service.hook == "patient-view":
+        reports = runtime.reports
+        metrics.observe_ai_cards(metrics.ai_card_kinds(response.cards), reports is not None and reports.enabled)
     return jsonify(to_wire(response))
 
 
@@ -172,6 +177,10 @@ def _log_request(response: Response) -> Response:
     started = g.get("started")
     elapsed_ms = (time.perf_counter() - started) * 1000 if started else -1.0
     rule = request.url_rule.rule if request.url_rule is not None else "(no route)"
+    service_id = (request.view_args or {}).get("service_id") if request.endpoint == "cds_services.invoke" else None
+    if service_id is not None and registry().get(service_id) is None:
+        service_id = "(unknown)"  # label values stay a bounded set
+    metrics.observe_request(rule, service_id, response.status_code, max(elapsed_ms, 0.0) / 1000)
     access_log.info(
         "%s %s %s %.1fms%s",
         request.method,
