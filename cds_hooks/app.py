@@ -43,7 +43,9 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     app.config["MAX_CONTENT_LENGTH"] = int(app.config["TRIAGE_MAX_BODY_BYTES"])
     app.json.sort_keys = False  # keep the spec's field order: easier to read in EHR logs
     os.makedirs(app.instance_path, exist_ok=True)
-    _configure_logging(app)
+    from cds_hooks import logs
+
+    logs.init_app(app)  # first: its request id is set before any other hook of the request runs
 
     app.extensions["triage_registry"] = app.config.get("TRIAGE_REGISTRY") or REGISTRY
     origins = [o.strip() for o in str(app.config["TRIAGE_CORS_ORIGINS"]).split(",") if o.strip()]
@@ -71,11 +73,12 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
 
     app.register_blueprint(api)
     app.register_blueprint(feedback_bp)
-    from cds_hooks import health, metrics, openapi
+    from cds_hooks import audit, health, metrics, openapi
 
     openapi.init_app(app)
     health.init_app(app)
     metrics.init_app(app)
+    audit.init_app(app)
     _register_error_handlers(app)
     return app
 
@@ -188,12 +191,7 @@ def _log_request(response: Response) -> Response:
         response.status_code,
         elapsed_ms,
         f" hookInstance={g.hook_instance}" if g.get("hook_instance") else "",
+        extra={"method": request.method, "route": rule, "status": response.status_code,
+               "ms": round(elapsed_ms, 1)},
     )
     return response
-
-
-def _configure_logging(app: Flask) -> None:
-    level = str(app.config.get("TRIAGE_LOG_LEVEL") or "INFO").upper()
-    logging.getLogger("cds_hooks").setLevel(getattr(logging, level, logging.INFO))
-    if not logging.getLogger().handlers:
-        logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s")

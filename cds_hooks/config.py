@@ -80,6 +80,10 @@ SETTINGS: tuple[Setting, ...] = (
             "folder of the package."),
     Setting("TRIAGE_READY_TIMEOUT_S", 0.5, parse_positive_float,
             "Seconds each check of `/ready` (database, Redis, broker, worker ping) may take."),
+    Setting("TRIAGE_LOG_FORMAT", "json", parse_str,
+            "Log lines as `json` objects (with the request id) or plain `text`."),
+    Setting("TRIAGE_AUDIT_RETENTION_DAYS", 365.0, parse_positive_float,
+            "Days the audit rows of hook calls (hook_audit table) are kept; older rows are deleted."),
     Setting("TRIAGE_LOG_LEVEL", "INFO", parse_str, "Log level of the service (DEBUG, INFO, WARNING...)."),
 )
 
