@@ -79,6 +79,9 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     health.init_app(app)
     metrics.init_app(app)
     audit.init_app(app)
+    from cds_hooks import sandbox
+
+    sandbox.init_app(app)  # only with TRIAGE_SANDBOX=1
     _register_error_handlers(app)
     return app
 
