@@ -14,6 +14,7 @@ import traceback
 import uuid
 from typing import Any
 
+import sqlalchemy as sa
 from flask import Blueprint, Flask, Response, current_app, g, jsonify, request
 from flask_cors import CORS
 from werkzeug.exceptions import HTTPException
@@ -165,6 +166,15 @@ def _register_error_handlers(app: Flask) -> None:
         keep = {k: v for k, v in exc.get_headers() if k.lower() in {"allow", "www-authenticate", "retry-after"}}
         slug = (exc.name or "error").lower().replace(" ", "_")
         return _error(exc.code or 500, {"error": slug}, keep)
+
+    @app.errorhandler(sa.exc.OperationalError)
+    @app.errorhandler(sa.exc.InterfaceError)
+    def _database_unavailable(exc: sa.exc.DBAPIError) -> Response:
+        # Cards are logged before they are returned (feedback needs them): with the database
+        # down or restarting, the documented answer is 503 and a retry, not a 500.
+        log.error("database unavailable (%s): 503", type(exc.orig).__name__ if exc.orig else type(exc).__name__)
+        return _error(503, {"error": "unavailable", "message": "the database is unavailable; retry later"},
+                      {"Retry-After": "5"})
 
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception) -> Response:
