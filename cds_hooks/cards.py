@@ -1,12 +1,15 @@
 """Rules result -> CDS Hooks card.
 
-The card reads what the rules saw: every NEWS2 parameter with its value, unit, age of the reading,
-points and flags; the aggregate, band and RCP response; ESI danger-zone and infant-fever findings;
-what is missing. Times are relative ("2 h ago"): the record's dates are shifted by
+The card leads with the ESI v4 level and the finding that set it (its summary names exactly one
+ESI level, the one its indicator uses), lists every finding under "why this acuity", what the
+chief complaint matched and the resources it expects, then what the vitals showed: every NEWS2
+parameter with its value, unit, age of the reading, points and flags; the aggregate, band and RCP
+response; what is missing. Times are relative ("2 h ago"): the record's dates are shifted by
 de-identification, but the distance between a reading and the request is not.
 """
 from __future__ import annotations
 
+import re
 from datetime import datetime, timedelta, timezone
 
 from cds_hooks.schemas import Card, Coding, OverrideReason, Source
@@ -18,9 +21,9 @@ SUMMARY_MAX = 139  # spec: summary < 140 characters
 TOPIC_SYSTEM = "urn:triage-cds:card-topic"
 OVERRIDE_SYSTEM = "urn:triage-cds:override-reason"
 RULES_SOURCE = Source(
-    label="Triage CDS vital-sign rules (NEWS2, ESI v4)",
-    url="https://www.rcp.ac.uk/improving-care/resources/national-early-warning-score-news-2/",
-    topic=Coding(system=TOPIC_SYSTEM, code="vital-sign-triage", display="Vital-sign triage (NEWS2)"),
+    label="Triage CDS rules (ESI v4 decision points, NEWS2)",
+    url="https://www.ahrq.gov/patient-safety/settings/emergency-dept/esi.html",
+    topic=Coding(system=TOPIC_SYSTEM, code="esi-triage", display="ESI v4 triage (rules)"),
 )
 
 OVERRIDE_REASONS: tuple[OverrideReason, ...] = (
@@ -39,12 +42,20 @@ _ACTIONS = {
     Acuity.NON_URGENT: "routine monitoring",
 }
 
+_ESI_MENTION = re.compile(r"\bESI\s*\d\b")  # the summary names one level only: its own
 _UNITS = {"Cel": "°C", "[degF]": "°F", "mm[Hg]": "mmHg", "/min": "/min", "%": "%", "L/min": "L/min"}
 
 DISCLAIMER = (
-    "_Rule-based vital-sign scoring (NEWS2, Royal College of Physicians 2017; ESI v4 danger-zone "
-    "vitals). Decision support: it does not replace clinical judgement._"
+    "_Rule-based triage: ESI v4 decision points from the chief complaint and vital signs (AHRQ ESI "
+    "Implementation Handbook); NEWS2 (Royal College of Physicians 2017) shown for deterioration "
+    "risk. Decision support: it does not replace clinical judgement._"
 )
+_POINTS = {
+    "A": "decision point A (immediate life-saving intervention)",
+    "B": "decision point B (high risk, new confusion, severe pain or distress)",
+    "C": "decision point C (expected resources)",
+    "D": "decision point D (danger-zone vital signs)",
+}
 
 
 def rules_card(
@@ -55,9 +66,7 @@ def rules_card(
     stale_after: timedelta | None = None,
 ) -> Card:
     """The rules card. `as_of` is the (shifted) request time the result was scored at."""
-    if result.acuity is None:
-        return _no_vitals_card(result, skipped=skipped)
-    acuity = Acuity(result.acuity)
+    acuity = Acuity(result.acuity if result.acuity is not None else Acuity.URGENT)
     return Card(
         summary=_summary(result, acuity),
         detail=_detail(result, acuity, as_of=as_of, skipped=skipped, stale_after=stale_after),
@@ -68,9 +77,10 @@ def rules_card(
 
 
 def _news2_phrase(result: RulesResult) -> str:
+    if result.band is None:
+        return "no vital signs recorded"
     score = f"NEWS2 {result.total}" if result.complete else f"NEWS2 ≥{result.total}"
-    band = result.band.value if result.band else "not scored"
-    qualifiers = [band]
+    qualifiers = [result.band.value]
     if not result.complete:
         qualifiers.append(f"{len(result.missing)} missing")
     if not result.news2_applicable:
@@ -79,32 +89,15 @@ def _news2_phrase(result: RulesResult) -> str:
 
 
 def _summary(result: RulesResult, acuity: Acuity) -> str:
-    text = f"{_news2_phrase(result)}: {_ACTIONS[acuity]} — ESI {int(acuity)}"
-    # Say why when something other than the NEWS2 band drives the level (danger zone, fever...).
-    lead = result.reasons[0] if result.reasons else ""
-    if lead and not lead.startswith("NEWS2") and len(text) + 2 + len(lead) <= SUMMARY_MAX:
-        text = f"{text}; {lead}"
-    return text if len(text) <= SUMMARY_MAX else text[: SUMMARY_MAX - 1] + "…"
-
-
-def _no_vitals_card(result: RulesResult, *, skipped: int) -> Card:
-    lines = [
-        "**No vital signs recorded: NEWS2 could not be scored.**",
-        "",
-        result.response,
-        "",
-        "**Missing:** " + ", ".join(result.missing) + ".",
-    ]
-    if skipped:
-        lines += ["", _skipped_line(skipped)]
-    lines += ["", DISCLAIMER]
-    return Card(
-        summary="Vital signs missing: NEWS2 could not be scored — obtain a full set of observations",
-        detail="\n".join(lines),
-        indicator="info",
-        source=RULES_SOURCE,
-        overrideReasons=list(OVERRIDE_REASONS),
-    )
+    """`ESI n (label): deciding finding; NEWS2`: one ESI level, the card's own."""
+    head = f"ESI {int(acuity)} ({acuity.label.lower()}): {_ACTIONS[acuity]}"
+    lead = _ESI_MENTION.sub("", result.headline).strip()
+    tail = _news2_phrase(result)
+    for parts in ((head, lead, tail), (head, lead), (head, tail), (head,)):
+        text = "; ".join(p for p in parts if p)
+        if len(text) <= SUMMARY_MAX:
+            return text
+    return head[: SUMMARY_MAX - 1] + "…"
 
 
 def _detail(
@@ -115,10 +108,36 @@ def _detail(
     skipped: int,
     stale_after: timedelta | None,
 ) -> str:
+    point = _POINTS.get(result.decision or "", "")
+    lines = [f"**ESI {int(acuity)} ({acuity.label})**" + (f", set at {point}." if point else "."), ""]
+    lines += ["**Why this acuity:**"] + [f"- {_cell(r)}" for r in result.reasons]
+    complaint = result.complaint
+    if complaint is not None and complaint.present:
+        matched = [m.matched for m in (*complaint.life_saving, *complaint.high_risk, *complaint.resource_matches)]
+        lines += ["", "**Chief complaint read as:** " + (", ".join(dict.fromkeys(matched)) if matched
+                                                         else "no table entry (resources unknown)")]
+        if complaint.negated:
+            lines.append("**Read as negated:** " + " ".join(complaint.negated))
+    elif complaint is not None:
+        lines += ["", "**No chief complaint recorded:** ESI decision points B and C could not use it."]
+    if result.pain is not None:
+        lines += ["", f"**Pain:** {result.pain:g}/10"]
+    if result.band is None:
+        lines += ["", "**No vital signs recorded: NEWS2 could not be scored.**", "", result.response,
+                  "", "**Missing:** " + ", ".join(result.missing) + "."]
+    else:
+        lines += ["", *_news2_lines(result, as_of=as_of, stale_after=stale_after)]
+    if skipped:
+        lines += ["", _skipped_line(skipped)]
+    lines += ["", DISCLAIMER]
+    return "\n".join(lines)
+
+
+def _news2_lines(result: RulesResult, *, as_of: datetime, stale_after: timedelta | None) -> list[str]:
     score = str(result.total) if result.complete else f"≥{result.total} (lower bound)"
     band = result.band.value if result.band else "not scored"
     lines = [
-        f"**NEWS2 {score}: {band}** · **ESI {int(acuity)} ({acuity.label})**",
+        f"**NEWS2 {score}: {band}** (deterioration risk; a low score does not lower the ESI level)",
         "",
         "| Parameter | Value | Time | Points | Flags |",
         "|---|---|---|---:|---|",
@@ -140,7 +159,6 @@ def _detail(
         lines += ["", "NEWS2 is not validated under 16 years: ESI paediatric rules set the acuity."]
     if result.spo2_scale == 2:
         lines += ["", "SpO2 scored on **Scale 2** (hypercapnic respiratory failure)."]
-    lines += ["", "**Why this acuity:**"] + [f"- {_cell(r)}" for r in result.reasons]
     if result.danger_zone:
         lines += ["", "**ESI danger-zone vitals:**"] + [f"- {_cell(d)}" for d in result.danger_zone]
     if result.infant_fever:
@@ -152,10 +170,7 @@ def _detail(
     if result.stale:
         window = f" (older than {_duration(stale_after)})" if stale_after else ""
         lines += ["", f"**Stale{window}:** " + ", ".join(result.stale) + ". Re-measure before relying on the score."]
-    if skipped:
-        lines += ["", _skipped_line(skipped)]
-    lines += ["", DISCLAIMER]
-    return "\n".join(lines)
+    return lines
 
 
 def _skipped_line(skipped: int) -> str:

@@ -36,6 +36,7 @@ class _LazyGroup(click.Group):
         "worker": "model.cli:worker",
         "flower": "model.cli:flower",
         "dataset": "model.cli:dataset",
+        "evaluate": "cds_hooks.evaluate:evaluate",
         "monitor": "cds_hooks.monitor_cli:monitor",
     },
 )

@@ -20,7 +20,7 @@ from deidentify import Deidentifier
 from deidentify.pseudonym import demo_key, load_key
 from fhir_adapter.client import PrefetchUnavailable, resolve_prefetch
 from fhir_adapter.extract import RecordError, build_record
-from model.rules import RulesConfig, RulesResult, score_record, score_vitals
+from model.rules import RulesConfig, RulesResult, complaint_findings, score_record, score_vitals
 
 if TYPE_CHECKING:
     from flask import Flask
@@ -229,6 +229,7 @@ def _score_identified(record: Any, config: RulesConfig) -> RulesResult:
         age_years=min(record.age_years, 90) if record.age_years is not None else None,
         age_days=days if days is not None and days < 365 else None,
         config=config,
+        complaint=complaint_findings(record),
     )
 
 

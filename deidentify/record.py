@@ -16,6 +16,7 @@ from typing import Any
 from fhir_adapter.record import (
     AllergyEntry,
     Coding,
+    Complaint,
     ConditionEntry,
     EncounterInfo,
     MedicationEntry,
@@ -47,6 +48,7 @@ class DeidentifiedRecord:
     notes: tuple[str, ...] = ()
     stats: ParseStats = field(default_factory=ParseStats)
     removed: dict[str, int] = field(default_factory=dict)  # identifiers removed, by type
+    complaints: tuple[Complaint, ...] = ()  # chief complaint(s), text scrubbed
     _mint: object = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -141,6 +143,10 @@ class DeidentifiedRecord:
             notes=tuple(data.get("notes", ())),
             stats=ParseStats(**data["stats"]) if data.get("stats") else ParseStats(),
             removed=dict(data.get("removed", {})),
+            complaints=tuple(
+                Complaint(text=c.get("text"), codings=_codings(c.get("codings")), source=c.get("source", ""))
+                for c in data.get("complaints", ())
+            ),
         )
 
 

@@ -208,6 +208,8 @@ def deidentify_record(
             batch.add(r, put(f"e.reason{j}"))
     for j, n in enumerate(record.notes):
         batch.add(n, put(f"note{j}"))
+    for j, c in enumerate(record.complaints):
+        add_text(f"cc{j}.text", c.text, c.codings)
 
     batch.run(scrubber, known=known_identifiers(identity) if scrubber else None,
               shift=shift, removed=removed)
@@ -245,6 +247,8 @@ def deidentify_record(
             end=sd(enc.end),
         )
 
+    # A complaint is clinical content: kept, its text scrubbed like any free text.
+    complaints = tuple(replace(c, text=texts.get(f"cc{j}.text")) for j, c in enumerate(record.complaints))
     out = _mint(
         pseudonym=pseudonymizer.patient(key),
         age_years=age,
@@ -259,6 +263,7 @@ def deidentify_record(
         medications=medications,
         encounter=encounter,
         notes=many("note", len(record.notes)),
+        complaints=complaints,
         stats=record.stats,
         removed={k: v for k, v in sorted(removed.items()) if v},
     )

@@ -35,6 +35,9 @@ BMI = "39156-5"
 BMI_PERCENTILE = "59576-9"
 HEAD_CIRCUMFERENCE = "9843-4"
 PAIN_SEVERITY = "72514-3"  # 0-10 verbal numeric rating
+CHIEF_COMPLAINT = "8661-1"  # Chief complaint - Reported
+CONDITION_CATEGORY = "http://terminology.hl7.org/CodeSystem/condition-category"
+ENCOUNTER_DIAGNOSIS = "encounter-diagnosis"
 
 # Panels whose components are also exposed as stand-alone vitals.
 PANEL_COMPONENTS: dict[str, tuple[str, ...]] = {

@@ -22,6 +22,7 @@ from .record import (
     Address,
     AllergyEntry,
     Coding,
+    Complaint,
     ConditionEntry,
     EncounterInfo,
     Identity,
@@ -421,6 +422,46 @@ def _encounter(e: Any) -> EncounterInfo:
     )
 
 
+_CURRENT_ENCOUNTER_STATUS = ("in-progress", "arrived", "triaged", "onleave")
+_COMPLAINT_WINDOW_S = 24 * 3600  # an unlinked chief-complaint Observation older than this is history
+
+
+def _refers_to(ref: Any, encounter_id: str | None) -> bool:
+    return encounter_id is not None and (_ref_id(ref) or "").split("/")[-1] == encounter_id
+
+
+def _complaints(enc: Any, by_type: Mapping[str, list[Any]], encounter_id: str | None,
+                as_of: datetime) -> tuple[Complaint, ...]:
+    """The chief complaint wherever EHRs put it: the current encounter's reasonCode, chief-complaint
+    Observations (LOINC 8661-1) of that encounter (or, unlinked, of the last 24 h), and
+    encounter-diagnosis Conditions of that encounter."""
+    out: list[Complaint] = []
+    if enc is not None:
+        out += [Complaint(text=c.text or _concept_text(c), codings=_codings(c), source="encounter-reason")
+                for c in enc.reasonCode or ()]
+    chief = [o for o in by_type.get("Observation", ())
+             if o.status not in _EXCLUDED_OBS_STATUS and codes.CHIEF_COMPLAINT in _loincs(o.code)]
+    linked = [o for o in chief if _refers_to(o.encounter, encounter_id)]
+    if not linked:
+        def recent(o: Any) -> bool:
+            when = to_datetime(o.effectiveDateTime) or to_datetime(o.issued)
+            return o.encounter is None and when is not None and 0 <= (as_of - when).total_seconds() <= _COMPLAINT_WINDOW_S
+        linked = [o for o in chief if recent(o)]
+    for o in linked:
+        if o.valueString:
+            out.append(Complaint(text=o.valueString, source="chief-complaint-observation"))
+        elif o.valueCodeableConcept is not None:
+            concept = o.valueCodeableConcept
+            out.append(Complaint(text=_concept_text(concept), codings=_codings(concept),
+                                 source="chief-complaint-observation"))
+    for c in by_type.get("Condition", ()):
+        categories = {cc.code for cat in c.category or () for cc in cat.coding or ()}
+        if codes.ENCOUNTER_DIAGNOSIS in categories and _refers_to(c.encounter, encounter_id) \
+                and _concept_code(c.verificationStatus) not in ("refuted", "entered-in-error"):
+            out.append(Complaint(text=_concept_text(c.code), codings=_codings(c.code), source="encounter-diagnosis"))
+    return tuple(dict.fromkeys(c for c in out if c.text or c.codings))
+
+
 def _document_texts(doc: Any) -> list[str]:
     out = []
     for content in doc.content or ():
@@ -514,9 +555,11 @@ def record_from_resources(
         if m.status == "active" and in_window(to_datetime(m.authoredOn))
     )
     encounter = None
+    enc = None
     if encounter_id is not None:
         enc = next((e for e in by_type.get("Encounter", ()) if e.id == encounter_id), None)
         encounter = _encounter(enc) if enc is not None else None
+    complaints = _complaints(enc, by_type, encounter_id, as_of)
     notes: list[str] = []
     docs = [d for d in by_type.get("DocumentReference", ())
             if d.status != "entered-in-error" and in_window(_doc_time(d))]
@@ -533,7 +576,7 @@ def record_from_resources(
     return PatientRecord(
         identity=identity, birth_date=identity.birth_date, sex=patient.gender, as_of=as_of,
         conditions=conditions, vitals=vitals, allergies=allergies, medications=medications,
-        encounter=encounter, notes=tuple(notes), stats=counter.freeze(),
+        encounter=encounter, notes=tuple(notes), stats=counter.freeze(), complaints=complaints,
     )
 
 
@@ -566,7 +609,16 @@ def build_record(
     enc = data.get("encounter")
     if encounter_id is None and isinstance(enc, Mapping) and enc.get("resourceType") == "Encounter":
         encounter_id = enc.get("id")
+    if encounter_id is None:
+        encounter_id = _current_encounter_id(models)
     return record_from_resources(models, patient_id, as_of, encounter_id=encounter_id, stats=counter.freeze())
+
+
+def _current_encounter_id(models: Iterable[Any]) -> str | None:
+    """With no encounterId in the context, the one encounter that is under way, if exactly one."""
+    current = [m.id for m in models if m.get_resource_type() == "Encounter" and m.id
+               and m.status in _CURRENT_ENCOUNTER_STATUS]
+    return current[0] if len(set(current)) == 1 else None
 
 
 def _raw_obs_time(raw: Mapping[str, Any]) -> datetime | None:
@@ -613,6 +665,9 @@ def _newest_vitals(observations: list[dict[str, Any]], counter: StatsCounter) ->
             i += 1
         found: set[str] = set()
         for _, codes_, raw in group:
+            if codes.CHIEF_COMPLAINT in codes_:  # not a vital, but the rules read it
+                out.extend(parse_many([raw], stats=counter))
+                continue
             vital_codes = codes_ & codes.VITAL_LOINCS
             category_vital = any(
                 isinstance(c, Mapping) and c.get("code") == codes.VITAL_SIGNS_CATEGORY

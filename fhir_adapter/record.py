@@ -84,6 +84,17 @@ class EncounterInfo:
 
 
 @dataclass(frozen=True)
+class Complaint:
+    """The chief complaint, from wherever the EHR put it (`source`): the current encounter's
+    `reasonCode`, a chief-complaint Observation (LOINC 8661-1), or an encounter-diagnosis
+    Condition of the current encounter. `text` is free text (may hold PHI until de-identified)."""
+
+    text: str | None
+    codings: tuple[Coding, ...] = ()
+    source: str = "encounter-reason"
+
+
+@dataclass(frozen=True)
 class Address:
     lines: tuple[str, ...]
     city: str | None
@@ -136,6 +147,7 @@ class PatientRecord:
     encounter: EncounterInfo | None = None
     notes: tuple[str, ...] = ()  # clinical notes (DocumentReference text), free text
     stats: ParseStats = field(default_factory=ParseStats)
+    complaints: tuple[Complaint, ...] = ()  # the current visit's chief complaint(s)
 
     @property
     def age_years(self) -> int | None:

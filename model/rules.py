@@ -21,28 +21,30 @@ record's `as_of` (or with no time) are still scored but marked stale.
 NEWS2 is not validated under 16 years (RCP): for children it is shown but does not drive acuity;
 the ESI paediatric rules do.
 
-Acuity mapping (the only place rules become an Acuity; see `_assign_acuity`)
---------------------------------------------------------------------------
-=====  =========================================================================================
-Level  Triggered by (the most urgent trigger wins; every trigger is listed in `reasons`)
-=====  =========================================================================================
-1      ACVPU P or U (ESI v4 decision point A: "unresponsive" is P or U on AVPU);
-       SpO2 < 80 %; systolic BP <= 70 mmHg (<= 60 mmHg in neonates 0-28 days)
-2      NEWS2 >= 7 (age >= 16 or unknown); ESI danger-zone HR/RR for age or SpO2 < 92 %;
-       ACVPU C (new confusion) or V (ESI decision point B: new confusion/lethargy is high risk);
-       infant fever > 38.0 degC at 0-28 days (ESI 2) and at 29-90 days ("consider ESI 2":
-       taken as 2, over-triage is the safe error); systolic BP below the PALS hypotension limit
-       for age in children (< 60 at 0-28 d, < 70 to 1 y, < 70 + 2 x age to 10 y, < 90 to 15 y)
-3      NEWS2 5-6 or any single parameter scoring 3 (age >= 16 or unknown);
-       fever > 39.0 degC at 3-36 months (ESI "consider ESI 3")
-4      NEWS2 1-4; or NEWS2 0 with missing or stale parameters; or age unknown; or a child
-       (NEWS2 not validated) without a trigger above
-5      NEWS2 0 with all seven parameters present and fresh, age known and >= 16
-None   no scorable vital sign at all ("cannot assess: no vital signs")
-=====  =========================================================================================
+Acuity: ESI v4 decision points (the only place rules become an Acuity; see `_assign_acuity`)
+--------------------------------------------------------------------------------------------
+NEWS2 is an in-hospital deterioration score, not a triage scale: it is shown on the card and a
+high score (7+) is a high-risk finding, but a low NEWS2 never lowers the level. The level follows
+the ESI v4 algorithm, using the chief complaint (`model/complaints.py`, tables in
+`esi_tables.yaml`) as well as the vitals:
 
-Incomplete or stale data can never yield 5 (capped at 4). Vitals alone cannot tell ESI 4 from 5
-(that is a resource decision); 5 only says the rules found nothing.
+=====  =========================================================================================
+Point  Triggered by (the most urgent trigger wins; every trigger is listed in `reasons`)
+=====  =========================================================================================
+A -> 1 complaint needing an immediate life-saving intervention (arrest, apnoea, unresponsive,
+       active seizure, anaphylaxis, ...); ACVPU P or U; SpO2 < 85 % (< 90 % with a breathing
+       complaint or an altered mind); systolic BP <= 70 mmHg (<= 60 in neonates); respiratory rate < 8 (age >= 1);
+       adult systolic BP < 90 with heart rate < 40 or >= 120, or with new confusion
+B -> 2 high-risk complaint (adult chest pain, stroke signs, SI/HI, overdose, GI bleeding, ...);
+       ACVPU C or V (new confusion); severe pain (>= 7/10) unless the complaint is a minor one
+       expecting at most one resource; NEWS2 >= 7 (age >= 16 or unknown); SpO2 < 90 %;
+       systolic BP < 90 (adults) or below the PALS limit for age; heart rate < 40;
+       temperature < 35 degC; fever > 38.0 degC at 0-90 days
+C      expected resources from the complaint: 2+ -> 3, 1 -> 4, 0 -> 5; no complaint, or one the
+       table does not know -> 3 (never less urgent than the data support); fever > 39.0 degC at
+       3-36 months -> at least 3
+D      a level 3 with danger-zone vitals (HR/RR over the limit for age, SpO2 < 92 %) -> 2
+=====  =========================================================================================
 """
 from __future__ import annotations
 
@@ -55,6 +57,7 @@ from typing import TYPE_CHECKING, Any
 
 from fhir_adapter.record import Coding, VitalSign
 from model.acuity import Acuity
+from model.complaints import ComplaintFindings, assess_complaint
 
 if TYPE_CHECKING:
     from deidentify.record import DeidentifiedRecord
@@ -72,6 +75,8 @@ LEVEL_OF_CONSCIOUSNESS = "80288-4"
 LEVEL_OF_RESPONSIVENESS = "67775-7"
 BODY_TEMPERATURE = "8310-5"
 ORAL_TEMPERATURE = "8331-1"  # accepted when 8310-5 is absent
+PAIN_SEVERITY = "72514-3"  # 0-10 numeric rating
+SEVERE_PAIN = 7  # ESI v4 decision point B: pain >= 7/10 is severe
 
 # ACVPU answers. SNOMED CT: HL7 UK CareConnect-ACVPU-1 value set (248234008 mentally alert,
 # 130987000 acute confusion, 300202002 responds to voice, 450847001 responds to pain,
@@ -185,9 +190,15 @@ class RulesResult:
     response: str
     spo2_scale: int = 1
     news2_applicable: bool = True  # False under 16 years (not validated by the RCP)
+    decision: str | None = None  # the ESI decision point that set the level: A, B, C or D
+    headline: str = ""  # the deciding finding, short, for the card summary
+    complaint: ComplaintFindings | None = None  # what the chief complaint matched (no free text)
+    resources: int | None = None  # expected resources (decision point C); None: unknown
+    pain: float | None = None  # 0-10
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-safe view (logged with every card). Holds only vitals, times and scores."""
+        """JSON-safe view (logged with every card). Holds vitals, times, scores and the table
+        entries the complaint matched (never the complaint text)."""
         data = asdict(self)
         data["band"] = self.band.value if self.band else None
         data["acuity"] = int(self.acuity) if self.acuity is not None else None
@@ -508,11 +519,14 @@ def score_vitals(
     age_days: int | None,
     config: RulesConfig | None = None,
     spo2_scale: int = 1,
+    complaint: ComplaintFindings | None = None,
 ) -> RulesResult:
-    """Score the newest vitals (LOINC -> VitalSign) with NEWS2 and ESI, and map to Acuity."""
+    """Score the newest vitals (LOINC -> VitalSign) with NEWS2, and set the ESI level from the
+    vitals and the chief complaint's findings (`model.complaints.assess_complaint`)."""
     if spo2_scale not in (1, 2):
         raise ValueError("spo2_scale must be 1 or 2")
     config = config or RulesConfig()
+    complaint = complaint or ComplaintFindings(present=False)
     scorer = _Scorer(vitals, as_of, config)
     spo2_vital = _newest(vitals.get(SPO2_PULSE_OXIMETRY), vitals.get(SPO2_ARTERIAL), valued=True)
     oxygen = _oxygen(vitals, spo2_vital, scorer)
@@ -536,97 +550,162 @@ def score_vitals(
     complete = not missing
     news2_applicable = age_years is None or age_years >= 16
     physiological = [p for k, p in params.items() if k != "o2" and not p.missing]
+    pain = _pain(vitals.get(PAIN_SEVERITY), complaint)
 
-    if not physiological:
-        return RulesResult(
-            parameters=parameters, total=total, band=None, single_three=False, complete=False,
-            missing=missing, stale=stale, danger_zone=[], infant_fever=None, acuity=None,
-            reasons=["cannot assess: no vital signs"], response=RESPONSE_NONE,
-            spo2_scale=spo2_scale, news2_applicable=news2_applicable,
-        )
-
-    band = news2_band(total, single_three)
+    band = news2_band(total, single_three) if physiological else None
     danger = _danger_zone(params, age_years, age_days)
     fever = _infant_fever(params["temp"], age_years, age_days)
-    acuity, reasons = _assign_acuity(
-        params, total=total, band=band, complete=complete, stale=stale, danger=danger,
-        fever=fever, age_years=age_years, age_days=age_days, news2_applicable=news2_applicable,
+    acuity, decision, reasons = _assign_acuity(
+        params, total=total, danger=danger, fever=fever, age_years=age_years, age_days=age_days,
+        news2_applicable=news2_applicable, complaint=complaint, pain=pain,
+        has_vitals=bool(physiological),
     )
-    response = RESPONSE_ZERO if total == 0 else RESPONSES[band]
-    if not complete:
-        response += f" Missing: {', '.join(missing)} - the score is a lower bound."
+    if not physiological:
+        response = RESPONSE_NONE
+    else:
+        response = RESPONSE_ZERO if total == 0 else RESPONSES[band]
+        if not complete:
+            response += f" Missing: {', '.join(missing)} - the score is a lower bound."
     return RulesResult(
-        parameters=parameters, total=total, band=band, single_three=single_three,
+        parameters=parameters, total=total, band=band, single_three=single_three if physiological else False,
         complete=complete, missing=missing, stale=stale, danger_zone=danger,
-        infant_fever=fever[0] if fever else None, acuity=acuity, reasons=reasons,
+        infant_fever=fever[0] if fever else None, acuity=acuity, reasons=[r for _, r in reasons],
         response=response, spo2_scale=spo2_scale, news2_applicable=news2_applicable,
+        decision=decision, headline=reasons[0][0] if reasons else "", complaint=complaint,
+        resources=complaint.resources, pain=pain,
     )
+
+
+def _pain(vital: VitalSign | None, complaint: ComplaintFindings) -> float | None:
+    value = _number(vital.value) if vital is not None else None
+    if value is not None and 0 <= value <= 10:
+        return value
+    return complaint.pain
 
 
 def _assign_acuity(
-    params: dict[str, ParameterScore], *, total: int, band: Band, complete: bool,
-    stale: list[str], danger: list[str], fever: tuple[str, Acuity] | None,
-    age_years: int | None, age_days: int | None, news2_applicable: bool,
-) -> tuple[Acuity, list[str]]:
-    """The single rules -> Acuity mapping (table in the module docstring)."""
-    triggers: list[tuple[Acuity, str]] = []
-    acvpu, spo2, sbp = params["acvpu"], params["spo2"], params["sbp"]
+    params: dict[str, ParameterScore], *, total: int, danger: list[str],
+    fever: tuple[str, Acuity] | None, age_years: int | None, age_days: int | None,
+    news2_applicable: bool, complaint: ComplaintFindings, pain: float | None, has_vitals: bool,
+) -> tuple[Acuity, str, list[tuple[str, str]]]:
+    """ESI v4 decision points A-D (table in the module docstring).
 
-    # Level 1: needs an immediate life-saving intervention.
+    Returns the level, the decision point that set it, and every finding as (headline, reason),
+    the deciding one first. Never a level less urgent than 3 unless the complaint is known to need
+    at most one resource.
+    """
+    found: list[tuple[Acuity, str, str, str]] = []  # (level, point, headline, reason)
+
+    def add(level: Acuity, point: str, headline: str, reason: str) -> None:
+        found.append((level, point, headline, reason))
+
+    acvpu, spo2, sbp = params["acvpu"], params["spo2"], params["sbp"]
+    pulse, rr, temp = params["pulse"], params["rr"], params["temp"]
+    adult = age_years is None or age_years >= 16
+    breathing = any(complaint.has(i) for i in ("severe-breathing", "breathing", "wheeze-asthma",
+                                                "asthma-refractory", "airway-stridor"))
+
+    # A: needs an immediate life-saving intervention.
+    for m in complaint.life_saving:
+        add(Acuity.RESUSCITATION, "A", f"life-saving: {m.matched}",
+            f"complaint \"{m.matched}\": may need an immediate life-saving intervention ({m.source})")
     if not acvpu.missing and acvpu.value in ("P", "U"):
-        triggers.append((Acuity.RESUSCITATION, f"consciousness: {acvpu.note} (ESI level 1)"))
-    if not spo2.missing and spo2.value < 80:
-        triggers.append((Acuity.RESUSCITATION, f"SpO2 {_fmt(spo2.value)} % < 80 %"))
+        add(Acuity.RESUSCITATION, "A", acvpu.note, f"consciousness: {acvpu.note} (ESI decision point A)")
+    altered = not acvpu.missing and acvpu.value != "A"
+    if not spo2.missing and (spo2.value < 85 or (spo2.value < 90 and (breathing or altered))):
+        why = " < 85 %" if spo2.value < 85 else (" with a breathing complaint" if breathing else " with an altered mind")
+        add(Acuity.RESUSCITATION, "A", f"SpO2 {_fmt(spo2.value)} %", f"SpO2 {_fmt(spo2.value)} %{why}")
     resus_sbp = 60 if age_days is not None and age_days <= 28 else 70
     if not sbp.missing and sbp.value <= resus_sbp:
-        triggers.append((Acuity.RESUSCITATION, f"systolic BP {_fmt(sbp.value)} mmHg <= {resus_sbp}"))
+        add(Acuity.RESUSCITATION, "A", f"SBP {_fmt(sbp.value)}", f"systolic BP {_fmt(sbp.value)} mmHg <= {resus_sbp}")
+    if not rr.missing and rr.value < 8 and (age_years is None or age_years >= 1):
+        add(Acuity.RESUSCITATION, "A", f"RR {_fmt(rr.value)}", f"respiratory rate {_fmt(rr.value)}/min < 8")
+    if adult and not sbp.missing and resus_sbp < sbp.value < 90:
+        # Hypotension with signs of hypoperfusion (ESI v4 ch. 3): a rate far off, or a changed mind.
+        signs = []
+        if not pulse.missing and (pulse.value < 40 or pulse.value >= 120):
+            signs.append(f"heart rate {_fmt(pulse.value)}/min")
+        if not acvpu.missing and acvpu.value in ("C", "V"):
+            signs.append(acvpu.note)
+        if signs:
+            add(Acuity.RESUSCITATION, "A", f"SBP {_fmt(sbp.value)} with {signs[0]}",
+                f"systolic BP {_fmt(sbp.value)} mmHg with {' and '.join(signs)}: hypoperfusion")
 
-    # Level 2: high risk, should not wait.
-    if news2_applicable and total >= 7:
-        triggers.append((Acuity.EMERGENT, f"NEWS2 {total}: high"))
-    triggers += [(Acuity.EMERGENT, f"ESI danger zone: {d}") for d in danger]
+    # B: high-risk situation, new confusion, severe pain or distress.
+    for m in complaint.high_risk:
+        add(Acuity.EMERGENT, "B", f"high risk: {m.matched}",
+            f"high-risk complaint \"{m.matched}\" ({m.source})")
     if not acvpu.missing and acvpu.value in ("C", "V"):
-        triggers.append((Acuity.EMERGENT, f"consciousness: {acvpu.note} (ESI high risk)"))
-    if fever:
-        triggers.append((fever[1], f"infant fever: {fever[0]}"))
-    if not sbp.missing:
+        add(Acuity.EMERGENT, "B", acvpu.note, f"consciousness: {acvpu.note} (ESI decision point B)")
+    minor = complaint.resources is not None and complaint.resources <= 1 and not complaint.high_risk
+    if pain is not None and pain >= SEVERE_PAIN:
+        if minor:
+            add(Acuity.LESS_URGENT if complaint.resources == 1 else Acuity.NON_URGENT, "B", "",
+                f"pain {_fmt(pain)}/10 with a minor presentation: consider ESI 2 (not applied; "
+                f"the handbook leaves severe pain with a minor injury at its resource level)")
+        else:
+            add(Acuity.EMERGENT, "B", f"severe pain {_fmt(pain)}/10", f"severe pain {_fmt(pain)}/10 (>= {SEVERE_PAIN})")
+    if news2_applicable and total >= 7:
+        add(Acuity.EMERGENT, "B", f"NEWS2 {total}", f"NEWS2 {total}: high (emergency response threshold)")
+    if not spo2.missing and 85 <= spo2.value < 90 and not (breathing or altered):
+        add(Acuity.EMERGENT, "B", f"SpO2 {_fmt(spo2.value)} %", f"SpO2 {_fmt(spo2.value)} % < 90 %")
+    if not sbp.missing and sbp.value > resus_sbp:
         limit = _pals_hypotension(sbp.value, age_years, age_days)
-        if limit is not None and sbp.value < limit:
-            triggers.append((Acuity.EMERGENT,
-                             f"systolic BP {_fmt(sbp.value)} mmHg < {_fmt(limit)} (hypotension for age)"))
+        if limit is None and adult and sbp.value < 90:
+            add(Acuity.EMERGENT, "B", f"SBP {_fmt(sbp.value)}", f"systolic BP {_fmt(sbp.value)} mmHg < 90 (hypotension)")
+        elif limit is not None and sbp.value < limit:
+            add(Acuity.EMERGENT, "B", f"SBP {_fmt(sbp.value)}",
+                f"systolic BP {_fmt(sbp.value)} mmHg < {_fmt(limit)} (hypotension for age)")
+    if not pulse.missing and pulse.value < 40 and not (adult and not sbp.missing and sbp.value < 90):
+        add(Acuity.EMERGENT, "B", f"HR {_fmt(pulse.value)}", f"heart rate {_fmt(pulse.value)}/min < 40")
+    if not temp.missing and temp.value < 35.0:
+        add(Acuity.EMERGENT, "B", f"T {_fmt(temp.value)} °C", f"temperature {_fmt(temp.value)} °C < 35 (hypothermia)")
+    if fever and fever[1] == Acuity.EMERGENT:
+        add(Acuity.EMERGENT, "B", "infant fever", f"infant fever: {fever[0]}")
 
-    # Level 3-4: NEWS2 bands (adults only).
-    if news2_applicable:
-        threes = [p.name for p in params.values() if p.points == 3]
-        if 5 <= total <= 6:
-            triggers.append((Acuity.URGENT, f"NEWS2 {total}: medium"))
-        elif total < 5 and threes:
-            triggers.append((Acuity.URGENT, f"NEWS2 single parameter scoring 3: {', '.join(threes)}"))
-        elif 1 <= total <= 4:
-            triggers.append((Acuity.LESS_URGENT, f"NEWS2 {total}: low"))
+    # C: expected resources.
+    resources = complaint.resources
+    if resources is None:
+        level = Acuity.URGENT
+        why = ("no chief complaint recorded" if not complaint.present
+               else "chief complaint not in the resource table")
+        add(level, "C", "resources unknown",
+            f"{why}: ESI 3-5 depend on the resources expected; taken as 3 until a nurse decides")
+    else:
+        level = Acuity.URGENT if resources >= 2 else (Acuity.LESS_URGENT if resources == 1 else Acuity.NON_URGENT)
+        names = ", ".join(dict.fromkeys(m.matched for m in complaint.resource_matches))
+        kinds = ", ".join(k.replace("_", " ") for k in complaint.resource_kinds) or "none"
+        add(level, "C", f"{names}: {_resource_words(resources)}",
+            f"\"{names}\" expects {_resource_words(resources)} ({kinds}; ESI v4 handbook ch. 5)")
+    if fever and fever[1] == Acuity.URGENT:
+        if complaint.immunized and complaint.resource_matches:
+            found.append((Acuity.NON_URGENT, "C", "", f"{fever[0]}: not applied, immunized with a source named"))
+        else:
+            add(Acuity.URGENT, "C", "fever > 39 °C", f"infant fever: {fever[0]}")
 
-    if triggers:
-        triggers.sort(key=lambda t: t[0])
-        level = triggers[0][0]
-        reasons = [reason for _, reason in triggers]
-        if level < Acuity.NON_URGENT:
-            return level, reasons
-    reasons = []
-    # Nothing above 4 triggered: 5 only with a complete, fresh, adult NEWS2 of 0.
-    caps = []
-    if not complete:
-        caps.append("incomplete vital signs: " + ", ".join(p.name for p in params.values() if p.missing))
-    if stale:
-        caps.append("stale vital signs: " + ", ".join(stale))
-    if age_years is None:
-        caps.append("age unknown")
-    elif not news2_applicable:
-        caps.append("NEWS2 not validated under 16 and no ESI danger-zone vitals")
-    if caps:
-        return Acuity.LESS_URGENT, [f"NEWS2 {total} on the recorded parameters"] + [
-            f"capped at 4: {c}" for c in caps
-        ]
-    return Acuity.NON_URGENT, [f"NEWS2 {total} with all parameters present and fresh"]
+    # D: danger-zone vitals move a level 3 to 2.
+    provisional = min(f[0] for f in found)
+    if provisional == Acuity.URGENT:
+        for d in danger:
+            add(Acuity.EMERGENT, "D", f"danger zone: {d.split(' (')[0]}", f"ESI danger zone: {d} (decision point D)")
+    elif provisional < Acuity.URGENT:
+        found += [(Acuity.NON_URGENT, "D", "", f"ESI danger zone: {d}") for d in danger]
+    else:
+        for d in danger:
+            found.append((Acuity.NON_URGENT, "D", "",
+                          f"danger-zone vitals noted ({d}); ESI applies them only at decision point D (level 3)"))
+    if not has_vitals:
+        found.append((Acuity.NON_URGENT, "-", "", "no vital signs recorded: obtain a full set (decision point D not checked)"))
+
+    found.sort(key=lambda f: (f[0], not f[2]))  # notes without a headline never decide
+    acuity, point = found[0][0], found[0][1]
+    if acuity >= Acuity.URGENT and has_vitals:
+        found.insert(1, (acuity, "", "", "the vital signs do not indicate ESI 1-2"))
+    return acuity, point, [(h, r) for _, _, h, r in found if r]
+
+
+def _resource_words(n: int) -> str:
+    return "two or more resources" if n >= 2 else ("one resource" if n == 1 else "no resources")
 
 
 def uses_scale2(record: DeidentifiedRecord, config: RulesConfig) -> bool:
@@ -645,9 +724,19 @@ def uses_scale2(record: DeidentifiedRecord, config: RulesConfig) -> bool:
 
 
 def score_record(record: DeidentifiedRecord, config: RulesConfig | None = None) -> RulesResult:
-    """Score a de-identified record; SpO2 scale 2 where configured for this patient."""
+    """ESI level and NEWS2 of a de-identified record; SpO2 scale 2 where configured."""
     config = config or RulesConfig()
     return score_vitals(
         record.vitals, as_of=record.as_of, age_years=record.age_years, age_days=record.age_days,
         config=config, spo2_scale=2 if uses_scale2(record, config) else 1,
+        complaint=complaint_findings(record),
+    )
+
+
+def complaint_findings(record: Any) -> ComplaintFindings:
+    """The chief complaint of a record (de-identified, or identified inside the API process)."""
+    complaints = getattr(record, "complaints", ())
+    return assess_complaint(
+        [c.text for c in complaints], [code for c in complaints for code in c.codings],
+        age_years=record.age_years, age_days=record.age_days,
     )

@@ -39,8 +39,8 @@ def test_uscore_spo2_on_oxygen_scores_and_logs_the_card(app, client):
     assert len(cards) == 1
     card = cards[0]
     # SpO2 77 % (scale 1: 3 points) on 6 L/min oxygen (2 points); other parameters missing.
-    assert card["summary"].startswith("NEWS2 ≥5 (medium, 5 missing)")
-    assert "ESI 1" in card["summary"]  # SpO2 < 80 %
+    assert card["summary"].startswith("ESI 1 (resuscitation)")  # SpO2 < 85 %
+    assert card["summary"].endswith("NEWS2 ≥5 (medium, 5 missing)")
     assert card["indicator"] == "critical"
     assert "| SpO2 Scale 1 | 77 % |" in card["detail"]
     assert "| Air or oxygen? | oxygen (inhaled oxygen 6 L/min) |" in card["detail"]

@@ -50,8 +50,8 @@ def test_high_news2_card():
     # RR 25 (3) + SpO2 91 (3) + oxygen (2) + SBP 95 (2) + pulse 115 (2) + A (0) + 38.5 (1) = 13
     card, result = card_for(full_set(rr=25, spo2=91, o2=4, sbp=95, pulse=115, temp=38.5))
     assert result.total == 13
-    assert card.summary.startswith("NEWS2 13 (high): ")
-    assert "ESI 2" in card.summary or "ESI 1" in card.summary
+    assert card.summary.startswith("ESI 1 (resuscitation): ") or card.summary.startswith("ESI 2 (emergent): ")
+    assert "NEWS2 13 (high)" in card.summary
     assert card.indicator == "critical"
     assert_conformant(card)
     for name in ("Respiration rate", "SpO2 Scale 1", "Air or oxygen?", "Systolic blood pressure",
@@ -64,11 +64,13 @@ def test_high_news2_card():
     assert "danger zone" in card.detail.lower()  # pulse 115 > 100 and RR 25 > 20 in adults
 
 
-def test_all_normal_is_info_and_routine():
+def test_all_normal_without_complaint_is_level_3_not_false_reassurance():
     card, result = card_for(full_set())
-    assert (result.total, int(result.acuity)) == (0, 5)
-    assert card.indicator == "info"
-    assert card.summary == "NEWS2 0 (low): routine monitoring — ESI 5"
+    assert (result.total, int(result.acuity)) == (0, 3)
+    assert card.indicator == "warning"
+    assert card.summary == "ESI 3 (urgent): urgent clinical review; resources unknown; NEWS2 0 (low)"
+    assert "the vital signs do not indicate ESI 1-2" in card.detail
+    assert "ESI 3-5 depend on the resources expected" in card.detail
     assert "Missing" not in card.detail
     assert_conformant(card)
 
@@ -78,7 +80,7 @@ def test_missing_parameters_are_listed_not_scored_zero():
     del vitals["80288-4"], vitals["59408-5"]
     card, result = card_for(vitals)
     assert not result.complete
-    assert card.summary.startswith("NEWS2 ≥2 (low, 3 missing)")
+    assert card.summary.endswith("NEWS2 ≥2 (low, 3 missing)")
     assert "| Consciousness | — | — | — | missing: not coded |" in card.detail
     assert "**Missing (not scored, never counted as 0):** " in card.detail
     assert "SpO2 Scale 1" in card.detail.split("**Missing")[1]
@@ -90,7 +92,7 @@ def test_stale_vitals_flagged_with_relative_time():
     assert result.stale
     assert "| Pulse | 70 /min | 30 h ago | 0 | stale |" in card.detail
     assert "**Stale (older than 24 h):**" in card.detail
-    assert int(result.acuity) == 4  # stale data never gives 5
+    assert int(result.acuity) == 3  # vitals alone never say less than 3
 
 
 def test_danger_zone_reason_in_summary():
@@ -118,12 +120,12 @@ def test_fahrenheit_converted_and_shown_in_celsius():
     assert "38.5 °C (converted from 101.3 [degF])" in card.detail
 
 
-def test_no_vitals_info_card():
+def test_no_vitals_no_complaint_card_is_level_3_and_asks_for_observations():
     card, result = card_for({})
-    assert result.acuity is None
-    assert card.indicator == "info"
-    assert "missing" in card.summary.lower() and "could not be scored" in card.summary
-    assert "NEWS2 could not be scored" in card.detail
+    assert int(result.acuity) == 3
+    assert card.indicator == "warning"
+    assert "ESI 3" in card.summary and "no vital signs recorded" in card.summary
+    assert "NEWS2 could not be scored" in card.detail and "Obtain a full set of observations" in card.detail
     assert_conformant(card)
 
 

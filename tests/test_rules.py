@@ -1,4 +1,6 @@
-"""NEWS2 (RCP 2017 chart), ESI v4 danger zone and infant fever, and the rules -> Acuity mapping."""
+"""NEWS2 (RCP 2017 chart), ESI v4 danger zone and infant fever, and what vital signs alone do to the
+ESI level (never less urgent than 3: levels 3-5 are decided by the complaint's resources, see
+test_acuity_esi.py)."""
 from __future__ import annotations
 
 import json
@@ -49,15 +51,17 @@ def param(result, name: str):
     return next(p for p in result.parameters if p.name == name)
 
 
-def test_all_normal_scores_zero_and_non_urgent():
+def test_all_normal_scores_zero_and_no_false_reassurance():
     r = score(normal())
     assert [p.name for p in r.parameters] == [
         "Respiration rate", "SpO2 Scale 1", "Air or oxygen?", "Systolic blood pressure", "Pulse",
         "Consciousness", "Temperature",
     ]
     assert all(p.points == 0 and not p.missing and not p.stale for p in r.parameters)
-    assert (r.total, r.band, r.complete, r.acuity) == (0, Band.LOW, True, Acuity.NON_URGENT)
+    assert (r.total, r.band, r.complete, r.acuity) == (0, Band.LOW, True, Acuity.URGENT)
     assert "12-hourly" in r.response
+    assert any("do not indicate ESI 1-2" in x for x in r.reasons)
+    assert any("depend on the resources expected" in x for x in r.reasons)
 
 
 # --- every band edge of the chart, both sides ---------------------------------------------------
@@ -132,7 +136,7 @@ def test_oxygen_unknown_is_missing_not_air():
     r = score(normal(x59408_5=vital("59408-5", 97, "%")))
     o2 = param(r, "Air or oxygen?")
     assert o2.missing and o2.points is None
-    assert r.missing == ["Air or oxygen?"] and r.acuity == Acuity.LESS_URGENT
+    assert r.missing == ["Air or oxygen?"] and r.acuity == Acuity.URGENT
 
 
 def test_spo2_from_arterial_code_and_newest_of_both():
@@ -239,14 +243,14 @@ def with_points(*, sbp=120, temp=37.0, pulse=70, spo2=98, o2=0.0, rr=16):
 
 BANDS = [
     # (vitals, total, band, single three, acuity)
-    (dict(sbp=95, temp=39.5), 4, Band.LOW, False, Acuity.LESS_URGENT),
+    (dict(sbp=95, temp=39.5), 4, Band.LOW, False, Acuity.URGENT),
     (dict(sbp=95, temp=39.5, pulse=91), 5, Band.MEDIUM, False, Acuity.URGENT),
     (dict(sbp=95, temp=39.5, pulse=91, spo2=95), 6, Band.MEDIUM, False, Acuity.URGENT),
     (dict(sbp=95, temp=39.5, pulse=91, o2=2.0), 7, Band.HIGH, False, Acuity.EMERGENT),
     (dict(sbp=90), 3, Band.LOW_MEDIUM, True, Acuity.URGENT),
     (dict(sbp=90, pulse=91), 4, Band.LOW_MEDIUM, True, Acuity.URGENT),
     (dict(sbp=90, temp=39.5), 5, Band.MEDIUM, True, Acuity.URGENT),
-    (dict(temp=38.5), 1, Band.LOW, False, Acuity.LESS_URGENT),
+    (dict(temp=38.5), 1, Band.LOW, False, Acuity.URGENT),
 ]
 
 
@@ -268,8 +272,7 @@ def test_missing_parameter_is_reported_never_scored_zero(code, name):
     p = param(r, name)
     assert p.missing and p.points is None and p.value is None
     assert name in r.missing and not r.complete
-    assert r.total == 0 and r.acuity == Acuity.LESS_URGENT  # never 5 with data missing
-    assert any("incomplete" in reason for reason in r.reasons)
+    assert r.total == 0 and r.acuity == Acuity.URGENT  # vitals alone never say less than 3
 
 
 def test_aggregate_is_over_present_parameters():
@@ -292,12 +295,12 @@ def test_stale_vitals_flagged_with_configurable_window(age, window, stale):
     p = param(r, "Pulse")
     assert p.stale is stale and p.points == 0 and not p.missing
     assert (r.stale == ["Pulse"]) is stale
-    assert r.acuity == (Acuity.LESS_URGENT if stale else Acuity.NON_URGENT)
+    assert r.acuity == Acuity.URGENT
 
 
 def test_vital_with_unknown_time_is_stale_and_naive_times_are_accepted():
     r = score(normal(x8867_4=vital("8867-4", 70, effective=None)))
-    assert r.stale == ["Pulse"] and r.acuity == Acuity.LESS_URGENT
+    assert r.stale == ["Pulse"] and r.acuity == Acuity.URGENT
     naive = vital("8867-4", 70, effective=datetime(2024, 3, 1, 11, 0))
     assert score(normal(x8867_4=naive)).stale == []
 
@@ -368,16 +371,24 @@ MAPPING = [
     ("responds to voice", normal(x80288_4=acvpu("300202002")), 40, Acuity.EMERGENT),
     ("new confusion", normal(x80288_4=acvpu("130987000")), 40, Acuity.EMERGENT),
     ("SBP 70", with_points(sbp=70), 40, Acuity.RESUSCITATION),
-    ("SBP 71", with_points(sbp=71), 40, Acuity.URGENT),
-    ("SpO2 79", with_points(spo2=79), 40, Acuity.RESUSCITATION),
-    ("SpO2 80", with_points(spo2=80), 40, Acuity.EMERGENT),
+    ("SBP 71", with_points(sbp=71), 40, Acuity.EMERGENT),
+    ("SBP 89", with_points(sbp=89), 40, Acuity.EMERGENT),
+    ("SBP 90", with_points(sbp=90), 40, Acuity.URGENT),
+    ("SBP 85, HR 125: hypoperfusion", with_points(sbp=85, pulse=125), 40, Acuity.RESUSCITATION),
+    ("SpO2 84", with_points(spo2=84), 40, Acuity.RESUSCITATION),
+    ("SpO2 85", with_points(spo2=85), 40, Acuity.EMERGENT),
+    ("SpO2 89", with_points(spo2=89), 40, Acuity.EMERGENT),
+    ("SpO2 91: danger zone at a level 3", with_points(spo2=91), 40, Acuity.EMERGENT),
+    ("RR 7", with_points(rr=7), 40, Acuity.RESUSCITATION),
+    ("HR 38", with_points(pulse=38), 40, Acuity.EMERGENT),
+    ("T 34.5", with_points(temp=34.5), 40, Acuity.EMERGENT),
     ("NEWS2 7", with_points(sbp=95, temp=39.5, pulse=91, o2=2.0), 40, Acuity.EMERGENT),
     ("NEWS2 5", with_points(sbp=95, temp=39.5, pulse=91), 40, Acuity.URGENT),
     ("single 3", with_points(sbp=90), 40, Acuity.URGENT),
-    ("NEWS2 1", with_points(temp=38.5), 40, Acuity.LESS_URGENT),
-    ("NEWS2 0 complete", normal(), 40, Acuity.NON_URGENT),
-    ("NEWS2 0 age unknown", normal(), None, Acuity.LESS_URGENT),
-    ("child, NEWS2 not applied", with_points(pulse=120, rr=25), 5, Acuity.LESS_URGENT),
+    ("NEWS2 1", with_points(temp=38.5), 40, Acuity.URGENT),
+    ("NEWS2 0 complete", normal(), 40, Acuity.URGENT),
+    ("NEWS2 0 age unknown", normal(), None, Acuity.URGENT),
+    ("child, NEWS2 not applied", with_points(pulse=120, rr=25), 5, Acuity.URGENT),
     ("child 10 y, HR 120 danger zone", with_points(pulse=120), 10, Acuity.EMERGENT),
     ("child hypotension", with_points(sbp=80, pulse=90), 10, Acuity.EMERGENT),
 ]
@@ -404,10 +415,11 @@ def test_most_urgent_trigger_wins_and_all_reasons_listed():
     {"3151-8": vital("3151-8", 2, "L/min")},
     {"8867-4": vital("8867-4", None)},
 ])
-def test_no_vital_signs_gives_no_acuity(vitals):
+def test_no_vital_signs_and_no_complaint_is_level_3_and_says_so(vitals):
     r = score(vitals)
-    assert r.acuity is None and r.band is None
-    assert r.reasons == ["cannot assess: no vital signs"]
+    assert r.acuity == Acuity.URGENT and r.band is None and r.decision == "C"
+    assert any("no vital signs recorded" in x for x in r.reasons)
+    assert any("no chief complaint recorded" in x for x in r.reasons)
     assert len(r.missing) >= 6
 
 
@@ -450,7 +462,7 @@ def test_score_record_selects_spo2_scale(conditions, config, scale):
 def test_to_dict_is_json_safe_and_holds_no_identifiers():
     r = score_record(record(vitals=with_points(sbp=95)))
     data = json.loads(json.dumps(r.to_dict()))
-    assert data["acuity"] == 4 and data["band"] == "low" and data["total"] == 2
+    assert data["acuity"] == 3 and data["band"] == "low" and data["total"] == 2
     assert data["parameters"][3]["effective"] == RECENT.isoformat()
     assert "pt-7f3a9c" not in json.dumps(data)
 
