@@ -90,6 +90,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("TRIAGE_SANDBOX_DATA", None, parse_str,
             "Folder of FHIR Bundles (one patient each) the sandbox offers; default: the shared "
             "Synthea bundles next to the project when present."),
+    Setting("TRIAGE_SANDBOX_VIGNETTES", None, parse_str,
+            "JSONL of reference vignettes the sandbox offers; default: eval/vignettes/dev.jsonl of the "
+            "project (the development set; the held-out set is never shown)."),
     Setting("TRIAGE_LOG_LEVEL", "INFO", parse_str, "Log level of the service (DEBUG, INFO, WARNING...)."),
 )
 

@@ -90,6 +90,8 @@ def test_patients_defaults_and_bad_input(app):
     assert [p["id"] for p in listed[:4]] == ["vignette:chest-pain-shock", "vignette:infant-fever",
                                               "vignette:ankle-sprain", "vignette:older-confusion"]
     assert any(p["id"] == "synthea:0" for p in listed)  # the shared Synthea bundles
+    reference = [p["id"] for p in listed if p["id"].startswith("reference:")]
+    assert len(reference) == 260 and all(r.startswith("reference:dev-") for r in reference)  # never held-out
     defaults = client.post("/sandbox/api/defaults", json={"source": "synthea:0"}).get_json()
     assert defaults["vitals"]["heart_rate"] > 0
     for body, field in (({"source": "vignette:x"}, "source"), ({"source": "upload", "bundle": [1]}, "bundle"),
@@ -97,6 +99,18 @@ def test_patients_defaults_and_bad_input(app):
                         ({"source": "vignette:infant-fever", "vitals": {"spo2": "lots"}}, "vitals.spo2")):
         response = client.post("/sandbox/api/hook-request", json=body)
         assert response.status_code == 400 and response.get_json()["message"].startswith(field)
+
+
+def test_a_reference_vignette_with_its_responsiveness(app):
+    client = app.test_client()
+    defaults = client.post("/sandbox/api/defaults", json={"source": "reference:dev-002"}).get_json()
+    assert defaults["vitals"]["avpu"] == "U" and "unresponsive" in defaults["complaint"]
+    built = client.post("/sandbox/api/hook-request", json={"source": "reference:dev-002", **defaults}).get_json()
+    response = client.post(built["url"], json=built["body"], headers={"Authorization": f"Bearer {built['token']}"})
+    [card] = response.get_json()["cards"]
+    assert "ESI 1" in card["summary"]  # the reference level of dev-002 (unresponsive, agonal breathing)
+    bad = client.post("/sandbox/api/hook-request", json={"source": "reference:dev-002", "vitals": {"avpu": "Q"}})
+    assert bad.status_code == 400 and bad.get_json()["message"].startswith("vitals.avpu")
 
 
 def test_edited_vitals_and_complaint_reach_the_card(app):

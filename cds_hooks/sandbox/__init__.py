@@ -1,7 +1,7 @@
 """The EHR sandbox page (`TRIAGE_SANDBOX=1`; on in `make serve`, off by default elsewhere).
 
 `GET /sandbox` shows what a nurse sees in a record system: pick a shared Synthea patient, a
-reference vignette, or upload a Bundle; edit the vital signs and the chief complaint; fire
+reference vignette (the evaluation's development set) or a packaged example, or upload a Bundle; edit the vital signs and the chief complaint; fire
 `patient-view` through the real endpoint and the real JWT check (a token signed by the sandbox's
 development key, which only the sandbox trusts); the cards render as EHRs render them (indicator
 colour and word, summary, Markdown detail made safe, source and its link, suggestions, links);
@@ -31,7 +31,9 @@ bp = Blueprint("sandbox", __name__, url_prefix="/sandbox", template_folder="temp
 STATIC = Path(__file__).resolve().parent / "static"
 
 EXTENSION_KEY = "triage_sandbox_key"
-DEFAULT_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "fhir" / "synthea-bundles"
+ROOT = Path(__file__).resolve().parents[2]
+DEFAULT_DATA = ROOT.parent / "shared" / "data" / "fhir" / "synthea-bundles"
+DEFAULT_VIGNETTES = ROOT / "eval" / "vignettes" / "dev.jsonl"  # development set only, never held-out
 
 
 def _loopback_only() -> None:
@@ -48,6 +50,13 @@ def _folder() -> str | None:
     if folder:
         return str(folder)
     return str(DEFAULT_DATA) if DEFAULT_DATA.is_dir() else None
+
+
+def _vignettes() -> str | None:
+    path = current_app.config.get("TRIAGE_SANDBOX_VIGNETTES")
+    if path:
+        return str(path)
+    return str(DEFAULT_VIGNETTES) if DEFAULT_VIGNETTES.is_file() else None
 
 
 def _body() -> dict[str, Any]:
@@ -83,7 +92,7 @@ def asset(filename: str) -> Response:
 @auth.exempt
 def list_patients() -> Response:
     _loopback_only()
-    return jsonify({"patients": list(patients.patient_list(_folder()))})
+    return jsonify({"patients": list(patients.patient_list(_folder(), _vignettes()))})
 
 
 @bp.post("/api/defaults")
@@ -92,7 +101,7 @@ def form_defaults() -> Response:
     _loopback_only()
     body = _body()
     try:
-        return jsonify(patients.defaults(str(body.get("source") or ""), _folder(), body.get("bundle")))
+        return jsonify(patients.defaults(str(body.get("source") or ""), _folder(), body.get("bundle"), _vignettes()))
     except patients.SandboxInputError as exc:
         raise ApiError(400, "invalid_request", str(exc)) from None
 
@@ -105,7 +114,7 @@ def build_hook_request() -> Response:
     body = _body()
     vitals = body.get("vitals") if isinstance(body.get("vitals"), dict) else {}
     try:
-        resources = patients.load_source(str(body.get("source") or ""), _folder(), body.get("bundle"))
+        resources = patients.load_source(str(body.get("source") or ""), _folder(), body.get("bundle"), _vignettes())
         hook_body = patients.hook_request(resources, vitals, str(body.get("complaint") or ""))
     except patients.SandboxInputError as exc:
         raise ApiError(400, "invalid_request", str(exc)) from None

@@ -1,8 +1,8 @@
 """The sandbox's patients and the `patient-view` requests it builds for them.
 
-Sources: the shared Synthea Bundles (a folder, `TRIAGE_SANDBOX_DATA`), the packaged reference
-vignettes (`vignettes.json`: short synthetic presentations written for the sandbox), or a Bundle
-the user uploads. The edited vital signs and chief complaint become new Observations and a new
+Sources: the shared Synthea Bundles (a folder, `TRIAGE_SANDBOX_DATA`), the reference vignettes of
+the evaluation (`eval/vignettes/dev.jsonl`, `TRIAGE_SANDBOX_VIGNETTES`; the held-out file is never
+shown), four packaged examples (`vignettes.json`), or a Bundle the user uploads. The edited vital signs and chief complaint become new Observations and a new
 emergency Encounter (reasonCode = the complaint) at the moment of the call; the prefetch is then
 computed from the resources exactly as an EHR would answer the service's prefetch templates.
 """
@@ -44,9 +44,24 @@ def synthea_files(folder: str | None) -> list[Path]:
 
 
 @functools.lru_cache(maxsize=4)
-def patient_list(folder: str | None) -> tuple[dict[str, str], ...]:
-    """Vignettes, then the Synthea patients (by number, sex and age: no names on the page)."""
-    out = [{"id": f"vignette:{v['id']}", "label": f"Vignette: {v['label']}"} for v in VIGNETTES]
+def reference_cases(path: str | None) -> tuple[Any, ...]:
+    """The reference vignettes (`eval/vignettes/dev.jsonl`, read with `model.evaluate`)."""
+    if not path or not Path(path).is_file():
+        return ()
+    from model.evaluate import load_cases
+
+    return tuple(load_cases(path))
+
+
+@functools.lru_cache(maxsize=4)
+def patient_list(folder: str | None, reference: str | None = None) -> tuple[dict[str, str], ...]:
+    """Examples, the reference vignettes, then the Synthea patients (by number, sex and age: no
+    names on the page)."""
+    out = [{"id": f"vignette:{v['id']}", "label": f"Example: {v['label']}"} for v in VIGNETTES]
+    for case in reference_cases(reference):
+        age = f"{case.age_years} y" if case.age_years is not None else f"{case.age_months} mo"
+        out.append({"id": f"reference:{case.id}",
+                    "label": f"Reference vignette {case.id} ({case.sex or '?'}, {age}): {(case.complaint or '')[:60]}"})
     for index, path in enumerate(synthea_files(folder)):
         patient = _patient_of(resolve_bundle_references(_load(path)))
         age = _age(patient.get("birthDate")) if patient else None
@@ -56,8 +71,23 @@ def patient_list(folder: str | None) -> tuple[dict[str, str], ...]:
     return tuple(out)
 
 
-def load_source(source: str, folder: str | None, upload: Any = None) -> list[dict[str, Any]]:
-    """The resources of `source` (`vignette:<id>`, `synthea:<n>`, or `upload` with a Bundle)."""
+def _reference_case(source: str, reference: str | None) -> Any:
+    case = next((c for c in reference_cases(reference) if f"reference:{c.id}" == source), None)
+    if case is None:
+        raise SandboxInputError("source: no such reference vignette")
+    return case
+
+
+def load_source(source: str, folder: str | None, upload: Any = None,
+                reference: str | None = None) -> list[dict[str, Any]]:
+    """The resources of `source` (`vignette:<id>`, `reference:<case id>`, `synthea:<n>`, or
+    `upload` with a Bundle). A vignette gives its Patient only: the vitals and the complaint come
+    from the (edited) form."""
+    if source.startswith("reference:"):
+        from cds_hooks.evaluate import case_bundle
+
+        bundle = case_bundle(_reference_case(source, reference))
+        return [e["resource"] for e in bundle["entry"] if e["resource"]["resourceType"] == "Patient"]
     if source == "upload":
         if not isinstance(upload, dict) or upload.get("resourceType") != "Bundle":
             raise SandboxInputError("bundle: upload a FHIR Bundle (JSON)")
@@ -82,8 +112,13 @@ def load_source(source: str, folder: str | None, upload: Any = None) -> list[dic
     return resources
 
 
-def defaults(source: str, folder: str | None, upload: Any = None) -> dict[str, Any]:
+def defaults(source: str, folder: str | None, upload: Any = None, reference: str | None = None) -> dict[str, Any]:
     """The form's starting values: the vignette's, or the newest vitals of the record."""
+    if source.startswith("reference:"):
+        case = _reference_case(source, reference)
+        values = {"heart_rate": case.hr, "respiratory_rate": case.rr, "systolic": case.sbp, "diastolic": case.dbp,
+                  "temperature": case.temp_c, "spo2": case.spo2, "pain": case.pain, "avpu": case.avpu}
+        return {"vitals": {k: v for k, v in values.items() if v is not None}, "complaint": case.complaint or ""}
     if source.startswith("vignette:"):
         vignette = next((v for v in VIGNETTES if f"vignette:{v['id']}" == source), None)
         if vignette is None:
@@ -91,7 +126,7 @@ def defaults(source: str, folder: str | None, upload: Any = None) -> dict[str, A
         return {"vitals": vignette["vitals"], "complaint": vignette["complaint"]}
     from fhir_adapter.extract import build_record
 
-    resources = load_source(source, folder, upload)
+    resources = load_source(source, folder, upload, reference)
     patient = _patient_of(resources)
     context = {"userId": USER_ID, "patientId": patient["id"]}
     record = build_record(prefetch_from_resources(resources, context), as_of=datetime.now(timezone.utc))
@@ -150,6 +185,16 @@ def vital_observations(pid: str, encounter_id: str, vitals: dict[str, Any], now:
         if values[name] is not None:
             out.append(observation(loinc, display, valueQuantity={"value": values[name], "unit": unit,
                                                                   "system": "http://unitsofmeasure.org", "code": unit}))
+    avpu = str(vitals.get("avpu") or "").strip().upper()
+    if avpu:
+        from cds_hooks.evaluate import _AVPU_CODES  # the same SNOMED codes the evaluation sends
+
+        if avpu not in _AVPU_CODES:
+            raise SandboxInputError("vitals.avpu: one of A, C, V, P, U")
+        code, display = _AVPU_CODES[avpu]
+        out.append(observation(codes.LEVEL_OF_RESPONSIVENESS, "Level of responsiveness",
+                               valueCodeableConcept={"coding": [{"system": codes.SNOMED, "code": code,
+                                                                 "display": display}]}))
     if values["systolic"] is not None or values["diastolic"] is not None:
         components = [
             {"code": {"coding": [{"system": codes.LOINC, "code": code, "display": label}]},

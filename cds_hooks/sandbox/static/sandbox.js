@@ -5,7 +5,7 @@
 
 const REFRESH_MS = 2000;
 const MAX_REFRESHES = 15;
-const VITALS = ["heart_rate", "respiratory_rate", "systolic", "diastolic", "temperature", "spo2", "pain"];
+const VITALS = ["heart_rate", "respiratory_rate", "systolic", "diastolic", "temperature", "spo2", "pain", "avpu"];
 const WORDS = { critical: "Critical", warning: "Warning", info: "Info" };
 
 let uploaded = null;   // a Bundle the user uploaded
@@ -82,7 +82,9 @@ async function onUpload(event) {
 
 function vitals() {
   const out = {};
-  for (const name of VITALS) if ($(name).value !== "") out[name] = Number($(name).value);
+  for (const name of VITALS) {
+    if ($(name).value !== "") out[name] = name === "avpu" ? $(name).value : Number($(name).value);
+  }
   return out;
 }
 
