@@ -256,12 +256,17 @@ def _allergies(record: DeidentifiedRecord) -> list[str]:
 
 def _presenting(record: DeidentifiedRecord) -> list[str]:
     enc = record.encounter
-    if enc is None:
-        return []
     lines = []
-    reasons = [_one_line(r) for r in enc.reasons if _one_line(r)]
+    reasons = [_one_line(r) for r in enc.reasons if _one_line(r)] if enc is not None else []
     if reasons:
         lines.append("Reason for visit: " + "; ".join(reasons))
+    # Chief complaints recorded elsewhere (8661-1 Observation, encounter diagnosis).
+    others = [_one_line(c.text) for c in getattr(record, "complaints", ())
+              if c.source != "encounter-reason" and c.text and _one_line(c.text)]
+    if others:
+        lines.append("Chief complaint: " + "; ".join(dict.fromkeys(others)))
+    if enc is None:
+        return lines
     kind = []
     if enc.class_code:
         kind.append(_ENCOUNTER_CLASSES.get(enc.class_code, enc.class_code) + " encounter")
@@ -348,7 +353,7 @@ def describe_record(record: DeidentifiedRecord, *, notes_budget: int = NOTES_BUD
 
 def describe_rules(rules: RulesResult) -> str:
     """The NEWS2 / ESI rule findings as prompt text (no acuity verdict, to avoid anchoring)."""
-    if rules.acuity is None:
+    if rules.band is None:
         return "Vital-sign rules: cannot assess, no vital signs recorded."
     lines = [f"NEWS2 (SpO2 scale {rules.spo2_scale}): {rules.total}, {rules.band.value} risk"
              + ("" if rules.complete else " (incomplete: the score is a lower bound)")

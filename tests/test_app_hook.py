@@ -65,8 +65,8 @@ def test_uscore_invalid_observation_skipped_and_counted(client):
     assert response.status_code == 200
     card = response.get_json()["cards"][0]
     assert "1 resource could not be read and was skipped" in card["detail"]
-    assert card["summary"].startswith("NEWS2 ≥0 (low, 3 missing)")
-    assert card["indicator"] == "info"  # acuity 4: incomplete and stale, capped
+    assert card["summary"].endswith("NEWS2 ≥0 (low, 3 missing)")
+    assert card["indicator"] == "warning"  # ESI 3: no complaint, vitals do not indicate 1-2
 
 
 def test_same_cards_when_fetched_from_loopback_fhir_server(client):
@@ -105,7 +105,8 @@ def test_null_prefetch_means_no_data_not_missing(client):
     response = post_hook(client, body)
     assert response.status_code == 200
     card = response.get_json()["cards"][0]
-    assert card["indicator"] == "info" and "could not be scored" in card["summary"]
+    assert card["indicator"] == "warning" and "no vital signs recorded" in card["summary"]
+    assert "NEWS2 could not be scored" in card["detail"]
 
 
 def _closed_port() -> int:
@@ -162,7 +163,7 @@ def test_spec_example_request(client):
         response = post_hook(client, dict(body, fhirServer=str(url)))
     assert response.status_code == 200, response.get_json()
     card = response.get_json()["cards"][0]
-    assert card["indicator"] == "info" and "Vital signs missing" in card["summary"]
+    assert card["indicator"] == "warning" and "no vital signs recorded" in card["summary"]
 
 
 def test_encounter_in_context_is_prefetched(client):

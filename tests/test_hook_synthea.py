@@ -1,5 +1,8 @@
-"""Every Synthea bundle, turned into a full-prefetch patient-view request, gives 200 and a NEWS2 card."""
+"""Every Synthea bundle, turned into a full-prefetch patient-view request, gives 200 and a rules card
+that names one ESI level and shows NEWS2."""
 from __future__ import annotations
+
+import re
 
 import pytest
 
@@ -29,10 +32,15 @@ def test_synthea_patient_view(app, path):
     cards = response.get_json()["cards"]
     assert len(cards) == 1
     card = cards[0]
-    assert card["summary"].startswith("NEWS2 ") and len(card["summary"]) < 140
+    assert card["summary"].startswith("ESI ") and len(card["summary"]) < 140
+    assert re.findall(r"\bESI (\d)\b", card["summary"]) == [str(row_acuity(app, card))]
     # Synthea has RR, BP, pulse and temperature but no SpO2 and no consciousness: never complete.
     assert "≥" in card["summary"]
     assert "| SpO2 Scale 1 | — | — | — | missing: not recorded |" in card["detail"]
     row = get_store(app).get_card(card["uuid"])
     assert row["indicator"] == card["indicator"] == indicator_for(row["acuity"])
-    assert row["rule_inputs"]["total"] == int(card["summary"].split("≥")[1].split(" ")[0])
+    assert row["rule_inputs"]["total"] == int(card["summary"].split("NEWS2 ≥")[1].split(" ")[0])
+
+
+def row_acuity(app, card) -> int:
+    return get_store(app).get_card(card["uuid"])["acuity"]

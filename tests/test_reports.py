@@ -141,7 +141,7 @@ def test_embedded_with_a_generous_deadline_the_ai_card_comes_at_once(embedded_ap
         runtime.deadline_ms = saved
     cards = response.get_json()["cards"]
     assert response.status_code == 200
-    assert cards[0]["source"]["label"].startswith("Triage CDS vital-sign rules")
+    assert cards[0]["source"]["label"].startswith("Triage CDS rules")
     if len(cards) == 2:
         assert cards[1]["summary"].startswith("AI (preliminary): ")
     else:  # rejected report: counted in the cache, no AI card
@@ -191,7 +191,7 @@ def test_broker_down_rules_card_inside_the_deadline_then_circuit_breaker(tmp_pat
         response, elapsed_ms = timed_post(client, patient_view(bundle(n)))
         assert response.status_code == 200
         cards = response.get_json()["cards"]
-        assert len(cards) == 1 and cards[0]["source"]["label"].startswith("Triage CDS vital-sign rules")
+        assert len(cards) == 1 and cards[0]["source"]["label"].startswith("Triage CDS rules")
         assert elapsed_ms < 450
     assert reports._down_until > time.monotonic()  # the breaker skips the broker for a while
     reports.close()

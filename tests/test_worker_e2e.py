@@ -189,7 +189,7 @@ def test_patient_view_pending_then_ai_card_through_celery_and_redis(tmp_path, se
         elapsed = time.perf_counter() - started
         cards = response.get_json()["cards"]
         assert response.status_code == 200 and elapsed < 0.55
-        assert cards[0]["source"]["label"].startswith("Triage CDS vital-sign rules")
+        assert cards[0]["source"]["label"].startswith("Triage CDS rules")
         assert len(cards) == 2 and cards[1]["summary"] == PENDING_SUMMARY  # a CPU batch takes seconds
         assert store.get_card(cards[1]["uuid"])["kind"] == "pending"
 
