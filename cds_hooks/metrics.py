@@ -13,7 +13,7 @@ What is counted, and where it is seen (no change to the hook's own code):
 - cards by kind and indicator, acuity by source, de-identification failures: the store's
   `on_cards` listener (every card the hook returns is logged there first);
 - AI report outcome (ready / pending / failed / disabled): the cards of each hook response;
-- entities removed by type: a counting wrapper around the runtime's Deidentifier;
+- entities removed by type: an observer of the runtime's Deidentifier;
 - feedback by outcome and override reason: the store's `on_feedback` listener.
 """
 from __future__ import annotations
@@ -104,24 +104,12 @@ def ai_card_kinds(cards: Sequence[Any]) -> list[str]:
     return kinds
 
 
-class CountingDeidentifier:
-    """The runtime's Deidentifier, counting what each record had removed, and failures.
-
-    Only counts (by entity type) leave it: the record itself goes on unchanged."""
-
-    def __init__(self, inner: Any) -> None:
-        self._inner = inner
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._inner, name)
-
-    def record(self, *args: Any, **kwargs: Any) -> Any:
-        deidentified = self._inner.record(*args, **kwargs)
-        for entity, count in (getattr(deidentified, "removed", None) or {}).items():
-            label = str(entity)[:40]
-            if count and set(label) <= _KNOWN_ENTITY_CHARS:
-                DEID_REMOVED.labels(label).inc(count)
-        return deidentified
+def observe_deidentified(record: Any) -> None:
+    """A record de-identified (the Deidentifier's observer): identifiers removed, by type only."""
+    for entity, count in (getattr(record, "removed", None) or {}).items():
+        label = str(entity)[:40]
+        if count and set(label) <= _KNOWN_ENTITY_CHARS:
+            DEID_REMOVED.labels(label).inc(count)
 
 
 # --- scrape ------------------------------------------------------------------------------------
@@ -197,8 +185,9 @@ def init_app(app: Flask) -> None:
     store.on_cards(observe_cards)
     store.on_feedback(observe_feedback)
     runtime = app.extensions.get("triage_runtime")
-    if runtime is not None and not isinstance(runtime.deidentifier, CountingDeidentifier):
-        runtime.deidentifier = CountingDeidentifier(runtime.deidentifier)
+    observers = getattr(getattr(runtime, "deidentifier", None), "observers", None)
+    if observers is not None and observe_deidentified not in observers:
+        observers.append(observe_deidentified)
     add_path(app, "/metrics", {"get": {
         "operationId": "metricsGet", "tags": ["operations"], "security": [],
         "description": "Prometheus metrics (text exposition format).",
