@@ -14,11 +14,12 @@ import traceback
 import uuid
 from typing import Any
 
+import sqlalchemy as sa
 from flask import Blueprint, Flask, Response, current_app, g, jsonify, request
 from flask_cors import CORS
 from werkzeug.exceptions import HTTPException
 
-from cds_hooks import auth, store
+from cds_hooks import auth, metrics, store
 from cds_hooks.config import load_settings
 from cds_hooks.errors import ApiError, PreconditionFailed  # noqa: F401 (re-exported)
 from cds_hooks.schemas import HookRequest, ValidationError, to_wire, validation_summary
@@ -43,7 +44,9 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     app.config["MAX_CONTENT_LENGTH"] = int(app.config["TRIAGE_MAX_BODY_BYTES"])
     app.json.sort_keys = False  # keep the spec's field order: easier to read in EHR logs
     os.makedirs(app.instance_path, exist_ok=True)
-    _configure_logging(app)
+    from cds_hooks import logs
+
+    logs.init_app(app)  # first: its request id is set before any other hook of the request runs
 
     app.extensions["triage_registry"] = app.config.get("TRIAGE_REGISTRY") or REGISTRY
     origins = [o.strip() for o in str(app.config["TRIAGE_CORS_ORIGINS"]).split(",") if o.strip()]
@@ -73,6 +76,15 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
 
     app.register_blueprint(api)
     app.register_blueprint(feedback_bp)
+    from cds_hooks import audit, health, metrics, openapi
+
+    openapi.init_app(app)
+    health.init_app(app)
+    metrics.init_app(app)
+    audit.init_app(app)
+    from cds_hooks import sandbox
+
+    sandbox.init_app(app)  # only with TRIAGE_SANDBOX=1
     _register_error_handlers(app)
     return app
 
@@ -107,7 +119,11 @@ def invoke(service_id: str) -> Response:
         raise ApiError(400, "invalid_context", validation_summary(exc, prefix="context.")) from None
     g.hook_instance = hook_request.hookInstance
     handler = service.resolve_handler()
-    response = handler(hook_request, context, current_app.extensions["triage_runtime"], service)
+    runtime = current_app.extensions["triage_runtime"]
+    response = handler(hook_request, context, runtime, service)
+    if service.hook == "patient-view":
+        reports = runtime.reports
+        metrics.observe_ai_cards(metrics.ai_card_kinds(response.cards), reports is not None and reports.enabled)
     return jsonify(to_wire(response))
 
 
@@ -153,6 +169,15 @@ def _register_error_handlers(app: Flask) -> None:
         slug = (exc.name or "error").lower().replace(" ", "_")
         return _error(exc.code or 500, {"error": slug}, keep)
 
+    @app.errorhandler(sa.exc.OperationalError)
+    @app.errorhandler(sa.exc.InterfaceError)
+    def _database_unavailable(exc: sa.exc.DBAPIError) -> Response:
+        # Cards are logged before they are returned (feedback needs them): with the database
+        # down or restarting, the documented answer is 503 and a retry, not a 500.
+        log.error("database unavailable (%s): 503", type(exc.orig).__name__ if exc.orig else type(exc).__name__)
+        return _error(503, {"error": "unavailable", "message": "the database is unavailable; retry later"},
+                      {"Retry-After": "5"})
+
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception) -> Response:
         error_id = uuid.uuid4().hex
@@ -170,6 +195,10 @@ def _log_request(response: Response) -> Response:
     started = g.get("started")
     elapsed_ms = (time.perf_counter() - started) * 1000 if started else -1.0
     rule = request.url_rule.rule if request.url_rule is not None else "(no route)"
+    service_id = (request.view_args or {}).get("service_id") if request.endpoint == "cds_services.invoke" else None
+    if service_id is not None and registry().get(service_id) is None:
+        service_id = "(unknown)"  # label values stay a bounded set
+    metrics.observe_request(rule, service_id, response.status_code, max(elapsed_ms, 0.0) / 1000)
     access_log.info(
         "%s %s %s %.1fms%s",
         request.method,
@@ -177,12 +206,7 @@ def _log_request(response: Response) -> Response:
         response.status_code,
         elapsed_ms,
         f" hookInstance={g.hook_instance}" if g.get("hook_instance") else "",
+        extra={"method": request.method, "route": rule, "status": response.status_code,
+               "ms": round(elapsed_ms, 1)},
     )
     return response
-
-
-def _configure_logging(app: Flask) -> None:
-    level = str(app.config.get("TRIAGE_LOG_LEVEL") or "INFO").upper()
-    logging.getLogger("cds_hooks").setLevel(getattr(logging, level, logging.INFO))
-    if not logging.getLogger().handlers:
-        logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -365,6 +365,10 @@ class Authenticator:
                 keys = remote_keys(entry.jwks_url or "")
             self.clients[entry.iss] = TrustedClient(entry.iss, keys, {u: remote_keys(u) for u in entry.jku_allow})
 
+    def trust(self, iss: str, jwks: Mapping[str, Any]) -> None:
+        """Trust one more client with an inline JWK Set (the development sandbox's key)."""
+        self.clients[iss] = TrustedClient(iss, StaticKeys(_parse_jwk_set(dict(jwks), strict=True)), {})
+
     def expected_audience(self) -> str:
         base = self.public_base_url or _normalise_url(request.url_root)
         return _normalise_url(base + request.path)

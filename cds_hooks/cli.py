@@ -39,6 +39,7 @@ class _LazyGroup(click.Group):
         "dataset": "model.cli:dataset",
         "train": "model.training.cli:train_group",
         "evaluate": "cds_hooks.evaluate:evaluate",
+        "monitor": "cds_hooks.monitor_cli:monitor",
     },
 )
 def cli() -> None:

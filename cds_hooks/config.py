@@ -78,6 +78,21 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("TRIAGE_INSTANCE_DIR", None, parse_str,
             "Instance folder (default SQLite file, demo pseudonym key). Default: Flask's instance "
             "folder of the package."),
+    Setting("TRIAGE_READY_TIMEOUT_S", 0.5, parse_positive_float,
+            "Seconds each check of `/ready` (database, Redis, broker, worker ping) may take."),
+    Setting("TRIAGE_LOG_FORMAT", "json", parse_str,
+            "Log lines as `json` objects (with the request id) or plain `text`."),
+    Setting("TRIAGE_AUDIT_RETENTION_DAYS", 365.0, parse_positive_float,
+            "Days the audit rows of hook calls (hook_audit table) are kept; older rows are deleted."),
+    Setting("TRIAGE_SANDBOX", False, parse_bool,
+            "1 serves the EHR sandbox page at /sandbox (loopback callers only; it signs client JWTs "
+            "with a development key that only it trusts). On in `make serve`; never in a deployment."),
+    Setting("TRIAGE_SANDBOX_DATA", None, parse_str,
+            "Folder of FHIR Bundles (one patient each) the sandbox offers; default: the shared "
+            "Synthea bundles next to the project when present."),
+    Setting("TRIAGE_SANDBOX_VIGNETTES", None, parse_str,
+            "JSONL of reference vignettes the sandbox offers; default: eval/vignettes/dev.jsonl of the "
+            "project (the development set; the held-out set is never shown)."),
     Setting("TRIAGE_LOG_LEVEL", "INFO", parse_str, "Log level of the service (DEBUG, INFO, WARNING...)."),
 )
 

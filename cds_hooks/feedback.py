@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -51,14 +52,22 @@ def _uuid(value: str) -> str:
         raise ValueError("must be a card uuid") from None
 
 
+# Years 1900-2999: a feedback time outside them is a client bug, and the range keeps every
+# offset inside what datetime can hold (0001-01-01T00:00+02:00 is before year 1 in UTC).
+TIMESTAMP_PATTERN = r"^(19|2[0-9])[0-9]{2}-"
+
+
 def _timestamp(value: Any) -> datetime:
     if not isinstance(value, str) or len(value) > 64:
         raise ValueError("must be an ISO 8601 / RFC 3339 date-time string")
+    if not re.match(TIMESTAMP_PATTERN, value):
+        raise ValueError("must be an ISO 8601 / RFC 3339 date-time between the years 1900 and 2999")
     try:
         parsed = datetime.fromisoformat(value)
-    except ValueError:
+        # OverflowError: an offset that moves the instant out of years 1-9999 (0001-01-01T00:00+02:00)
+        return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+    except (ValueError, OverflowError):
         raise ValueError("must be an ISO 8601 / RFC 3339 date-time") from None
-    return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
 
 
 Text = Annotated[str, Field(min_length=1, max_length=512)]

@@ -85,6 +85,12 @@ def _gunicorn_app(options: dict[str, Any]) -> Any:
     return TriageGunicorn()
 
 
+def _child_exit(_server: Any, worker: Any) -> None:
+    from cds_hooks.metrics import mark_process_dead
+
+    mark_process_dead(worker.pid)
+
+
 @click.command(cls=_OneLineCommand, epilog="Settings (environment):\n\n" + describe().replace("\n", "\n\n"))
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option("--port", type=click.IntRange(1, 65535), default=8080, show_default=True, help="TCP port.")
@@ -106,6 +112,9 @@ def serve(host: str, port: int, workers: int, threads: int, worker_class: str, k
     if not host.strip():
         raise click.ClickException("--host must not be empty")
     _check_bindable(host, port)
+    from cds_hooks.metrics_dir import prepare_multiprocess
+
+    prepare_multiprocess()  # before any metric exists: every worker then writes to the shared folder
     # Built once here: bad settings fail before any worker starts, and migrations run once.
     app = _build_app()
     if debug:
@@ -131,5 +140,6 @@ def serve(host: str, port: int, workers: int, threads: int, worker_class: str, k
             "graceful_timeout": 10,
             "proc_name": "triage-cds",
             "post_worker_init": _warm_worker,
+            "child_exit": _child_exit,
         }
     ).run()

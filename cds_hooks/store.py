@@ -15,7 +15,7 @@ import os
 import threading
 import time
 import uuid as uuidlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -223,6 +223,9 @@ class Store:
         self._write_lock = threading.Lock()
         if self.dialect == "sqlite":
             _install_sqlite_pragmas(self.engine)
+        # Called after a commit with what was written (metrics, audit): see on_cards/on_feedback.
+        self._card_listeners: list[Callable[[Sequence[CardLog]], None]] = []
+        self._feedback_listeners: list[Callable[[str, Sequence[FeedbackItem]], None]] = []
 
     def __repr__(self) -> str:
         return f"Store({self.url.render_as_string(hide_password=True)!r})"
@@ -283,6 +286,24 @@ class Store:
             return sqlite.insert(table)
         raise StoreError(f"unsupported database backend: {self.dialect}")
 
+    # -- listeners ------------------------------------------------------------------------
+
+    def on_cards(self, listener: Callable[[Sequence[CardLog]], None]) -> None:
+        """Call ``listener(rows)`` after each committed ``log_cards``."""
+        self._card_listeners.append(listener)
+
+    def on_feedback(self, listener: Callable[[str, Sequence[FeedbackItem]], None]) -> None:
+        """Call ``listener(service_id, items)`` with the feedback items newly stored (not repeats)."""
+        self._feedback_listeners.append(listener)
+
+    @staticmethod
+    def _notify(listeners: Sequence[Callable[..., None]], *args: Any) -> None:
+        for listener in listeners:
+            try:
+                listener(*args)
+            except Exception as exc:  # noqa: BLE001 - an observer never fails the write it observes
+                log.warning("store listener %s failed: %s", getattr(listener, "__name__", "?"), type(exc).__name__)
+
     # -- cards ----------------------------------------------------------------------------
 
     def log_cards(self, rows: Sequence[CardLog]) -> None:
@@ -310,6 +331,7 @@ class Store:
         stmt = self._insert(cards).on_conflict_do_nothing(index_elements=["uuid"])
         with self._write_connection() as conn, conn.begin():
             conn.execute(stmt, values)
+        self._notify(self._card_listeners, rows)
 
     def get_card(self, uuid: str) -> dict[str, Any] | None:
         try:
@@ -351,6 +373,7 @@ class Store:
         if not rows:
             return SaveResult(0, 0, [])
         stored = duplicates = 0
+        new_items: list[FeedbackItem] = []
         with self._write_connection() as conn, conn.begin():
             wanted = {r["card_uuid"] for r in rows}
             known = set(
@@ -358,7 +381,7 @@ class Store:
                     sa.select(cards.c.uuid).where(cards.c.uuid.in_(wanted), cards.c.service_id == service_id)
                 ).scalars()
             )
-            for row in rows:
+            for item, row in zip(items, rows):
                 row["card_known"] = row["card_uuid"] in known
                 stmt = (
                     self._insert(feedback)
@@ -370,6 +393,8 @@ class Store:
                     duplicates += 1
                 else:
                     stored += 1
+                    new_items.append(item)
+        self._notify(self._feedback_listeners, service_id, new_items)
         unknown = sorted(wanted - known)
         return SaveResult(stored=stored, duplicates=duplicates, unknown_cards=unknown)
 

@@ -6,6 +6,7 @@ exceptions or outputs; `fingerprint` identifies it safely.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,9 @@ class Deidentifier:
                  restricted_zip3: frozenset[str] = RESTRICTED_ZIP3) -> None:
         self._pseudonymizer = Pseudonymizer(key, shift_range=shift_range)
         self.scrubber = scrubber
+        # Called with each DeidentifiedRecord made (counts for metrics); never with PHI, and an
+        # observer's failure never fails the record.
+        self.observers: list[Callable[[DeidentifiedRecord], None]] = []
         self.restricted_zip3 = restricted_zip3
 
     @classmethod
@@ -60,8 +64,14 @@ class Deidentifier:
         return self._pseudonymizer.patient(patient_id)
 
     def record(self, record: PatientRecord) -> DeidentifiedRecord:
-        return deidentify_record(record, self._pseudonymizer, scrubber=self.scrubber,
-                                 restricted_zip3=self.restricted_zip3)
+        out = deidentify_record(record, self._pseudonymizer, scrubber=self.scrubber,
+                                restricted_zip3=self.restricted_zip3)
+        for observe in self.observers:
+            try:
+                observe(out)
+            except Exception:  # noqa: BLE001 - counting must not refuse a record
+                pass
+        return out
 
     def resource(self, resource: dict[str, Any]) -> dict[str, Any]:
         from .fhir import deidentify_resource

@@ -7,6 +7,7 @@ statuses, never ids or query values (PHI).
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -15,7 +16,7 @@ from urllib.parse import urljoin, urlsplit
 
 import requests
 
-from .parse import FhirError, OperationOutcomeError, outcome_summary
+from .parse import FhirError, OperationOutcomeError, bundle_entries, outcome_summary
 from .prefetch import PREFETCH_TEMPLATES, REQUIRED_KEYS, render_prefetch
 
 log = logging.getLogger(__name__)
@@ -215,7 +216,80 @@ def resolve_prefetch(
     for key, reason in reasons.items():
         log.warning("prefetch %r unavailable: %s", key, reason)
         result.missing.append(key)
+    if fhir_server:
+        fetch_medication_references(result, fhir_server, access_token, timeout=timeout, max_workers=max_workers)
     absent = [key for key in required if key not in result.data or key in result.missing]
     if absent:
         raise PrefetchUnavailable(absent, "; ".join(reasons.get(k, "EHR reported an error") for k in absent))
     return result
+
+
+MEDICATION_REFERENCES_KEY = "medication_references"
+MAX_MEDICATION_READS = 20  # bounded: each is a round trip inside the hook deadline
+_MEDICATION_REF = re.compile(r"^Medication/[A-Za-z0-9\-.]{1,64}$")
+
+
+def missing_medication_references(data: Mapping[str, Any]) -> list[str]:
+    """`Medication/<id>` references of MedicationRequests whose Medication is not in `data`
+    (neither included by the EHR nor contained). Only relative references to the EHR's own
+    server: an absolute URL is never followed (it could point anywhere)."""
+    present: set[str] = set()
+    wanted: list[str] = []
+    for value in data.values():
+        if not isinstance(value, dict):
+            continue
+        try:
+            resources = list(bundle_entries(value))
+        except FhirError:
+            continue
+        for res in resources:
+            if not isinstance(res, dict):
+                continue
+            if isinstance(res.get("resourceType"), str) and isinstance(res.get("id"), str):
+                present.add(f"{res['resourceType']}/{res['id']}")
+            ref = res.get("medicationReference") if res.get("resourceType") == "MedicationRequest" else None
+            target = ref.get("reference") if isinstance(ref, dict) else None
+            if isinstance(target, str) and _MEDICATION_REF.match(target) and target not in wanted:
+                wanted.append(target)
+    return [ref for ref in wanted if ref not in present]
+
+
+def fetch_medication_references(
+    result: ResolvedPrefetch,
+    fhir_server: str,
+    access_token: str | None,
+    *,
+    timeout: tuple[float, float] = DEFAULT_TIMEOUT,
+    max_workers: int = 4,
+) -> int:
+    """Read the Medications that MedicationRequests name but nobody sent (an EHR that ignores
+    `_include`), into `result.data["medication_references"]`; the number read. Failures only
+    cost the codes (the request's `display`, if any, is still used): logged by count, never raised."""
+    refs = missing_medication_references(result.data)
+    if not refs:
+        return 0
+    if len(refs) > MAX_MEDICATION_READS:
+        log.warning("%d Medication references not included; reading the first %d", len(refs), MAX_MEDICATION_READS)
+        refs = refs[:MAX_MEDICATION_READS]
+    found: list[dict[str, Any]] = []
+    failed = 0
+    try:
+        client = FhirClient(fhir_server, access_token, timeout=timeout)
+    except FhirError:
+        return 0
+    with client, ThreadPoolExecutor(max_workers=max(1, min(max_workers, len(refs)))) as pool:
+        for future in [pool.submit(client.read, ref) for ref in refs]:
+            try:
+                resource = future.result()
+            except Exception:  # noqa: BLE001 - a missing Medication is not a failed hook
+                failed += 1
+                continue
+            if resource.get("resourceType") == "Medication":
+                found.append(resource)
+    if failed:
+        log.warning("%d of %d referenced Medications could not be read", failed, len(refs))
+    if found:
+        result.data[MEDICATION_REFERENCES_KEY] = {
+            "resourceType": "Bundle", "type": "collection", "entry": [{"resource": r} for r in found]}
+        result.fetched.append(MEDICATION_REFERENCES_KEY)
+    return len(found)

@@ -189,8 +189,10 @@ def parse_many(
 ) -> list[Resource]:
     out: list[Resource] = []
     for raw in items:
-        if types is not None and isinstance(raw, dict) and raw.get("resourceType") not in types \
-                and isinstance(raw.get("resourceType"), str):
+        # A resourceType that is not a string (a list, an object) is invalid, not "another type":
+        # parse_resource skips and counts it. Test the type first: a list is not hashable.
+        rtype = raw.get("resourceType") if isinstance(raw, dict) else None
+        if types is not None and isinstance(rtype, str) and rtype not in types:
             stats.ignored += 1
             continue
         try:

@@ -22,6 +22,7 @@ __all__ = [
     "resolve_bundle_references",
     "search_resources",
     "searchset",
+    "included_resources",
 ]
 
 PREFETCH_TEMPLATES: dict[str, str] = {
@@ -29,7 +30,11 @@ PREFETCH_TEMPLATES: dict[str, str] = {
     "conditions": "Condition?patient={{context.patientId}}",
     "vitals": "Observation?patient={{context.patientId}}&category=vital-signs&_sort=-date",
     "allergies": "AllergyIntolerance?patient={{context.patientId}}",
-    "medications": "MedicationRequest?patient={{context.patientId}}&status=active",
+    # _include: a MedicationRequest may name its drug by reference (medicationReference); the
+    # Medication resource carries the codes. Without it (an EHR that ignores _include), the client
+    # reads each referenced Medication (fhir_adapter.client.fetch_medication_references).
+    "medications": "MedicationRequest?patient={{context.patientId}}&status=active"
+                   "&_include=MedicationRequest:medication",
     "encounter": "Encounter/{{context.encounterId}}",
 }
 REQUIRED_KEYS: tuple[str, ...] = ("patient", "vitals")
@@ -215,14 +220,41 @@ def search_resources(
     return matches
 
 
-def searchset(resources: Iterable[Mapping[str, Any]], *, base_url: str | None = None) -> dict[str, Any]:
+# `_include` values our templates use: source type:search parameter -> the element it follows.
+INCLUDES = {"MedicationRequest:medication": "medicationReference"}
+
+
+def included_resources(
+    resources: Iterable[Mapping[str, Any]], matches: Iterable[Mapping[str, Any]], params: Iterable[tuple[str, str]]
+) -> list[Mapping[str, Any]]:
+    """What `_include` adds to a search (our templates' subset): the resources the matches'
+    named references point to (relative `Type/id`), each once, in first-reference order."""
+    elements = [INCLUDES[v] for name, value in params if name == "_include" for v in value.split(",")
+                if v in INCLUDES]
+    if not elements:
+        return []
+    by_ref = {f"{r.get('resourceType')}/{r.get('id')}": r for r in resources if r.get("id")}
+    out: dict[str, Mapping[str, Any]] = {}
+    for match in matches:
+        for element in elements:
+            ref = match.get(element)
+            target = by_ref.get(ref.get("reference", "")) if isinstance(ref, Mapping) else None
+            if target is not None:
+                out.setdefault(ref["reference"], target)
+    return list(out.values())
+
+
+def searchset(resources: Iterable[Mapping[str, Any]], *, base_url: str | None = None,
+              included: Iterable[Mapping[str, Any]] = ()) -> dict[str, Any]:
     entries = []
-    for res in resources:
-        entry: dict[str, Any] = {"resource": res, "search": {"mode": "match"}}
-        if base_url and res.get("id"):
-            entry["fullUrl"] = f"{base_url.rstrip('/')}/{res['resourceType']}/{res['id']}"
-        entries.append(entry)
-    return {"resourceType": "Bundle", "type": "searchset", "total": len(entries), "entry": entries}
+    for mode, items in (("match", resources), ("include", included)):
+        for res in items:
+            entry: dict[str, Any] = {"resource": res, "search": {"mode": mode}}
+            if base_url and res.get("id"):
+                entry["fullUrl"] = f"{base_url.rstrip('/')}/{res['resourceType']}/{res['id']}"
+            entries.append(entry)
+    total = sum(1 for e in entries if e["search"]["mode"] == "match")  # FHIR: total counts matches only
+    return {"resourceType": "Bundle", "type": "searchset", "total": total, "entry": entries}
 
 
 def run_query(resources: list[Mapping[str, Any]], query: str) -> dict[str, Any] | None:
@@ -235,7 +267,9 @@ def run_query(resources: list[Mapping[str, Any]], query: str) -> dict[str, Any] 
             if res.get("resourceType") == rtype and res.get("id") == rid:
                 return dict(res)
         return None
-    return searchset(search_resources(resources, path, parse_qsl(parts.query)))
+    params = parse_qsl(parts.query)
+    matches = search_resources(resources, path, params)
+    return searchset(matches, included=included_resources(resources, matches, params))
 
 
 def prefetch_from_resources(

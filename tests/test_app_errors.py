@@ -94,6 +94,17 @@ def test_schema_errors_name_the_field_but_not_the_value(client):
     assert "SECRET-abc" not in payload["message"]
 
 
+@pytest.mark.parametrize("rtype", [["Observation"], {"resourceType": "Observation"}])
+def test_prefetch_entry_with_non_string_resource_type_is_skipped(client, rtype):
+    # Issue 15: three of 150 malformed requests were HTTP 500 (TypeError, unhashable type).
+    body = patient_view(load(uscore_paths()[1]))
+    body["prefetch"]["vitals"] = {"resourceType": "Bundle", "type": "searchset",
+                                  "entry": [{"resource": {"resourceType": rtype}}]}
+    response = post_hook(client, body)
+    assert response.status_code == 200, response.get_json()
+    assert response.get_json()["cards"]
+
+
 def test_body_over_limit_is_413(client):
     body = patient_view(load(uscore_paths()[0]))
     assert len(json.dumps(body)) > 64 * 1024
@@ -159,3 +170,18 @@ def test_arbitrary_bytes_never_5xx(client, endpoint, data, content_type):
     response = client.open(path, method=method, data=data, content_type=content_type or None)
     assert response.status_code < 500
     assert response.mimetype == "application/json"
+
+
+def test_database_down_during_a_hook_is_503_with_retry_after(tmp_path, caplog):
+    # Cards are logged before they are returned: no database, no cards, and a documented 503.
+    app = make_app(tmp_path, TRIAGE_SCRUB_FREE_TEXT=False)
+    from cds_hooks.store import get_store
+
+    get_store(app).engine.dispose()
+    (tmp_path / "triage.sqlite").unlink()
+    (tmp_path / "triage.sqlite").mkdir()
+    with caplog.at_level(logging.ERROR):
+        response = post_hook(app.test_client(), patient_view(load(uscore_paths()[1])))
+    payload = assert_json_error(response, 503, "unavailable")
+    assert response.headers["Retry-After"] == "5" and "errorId" not in payload
+    assert "database unavailable (OperationalError)" in caplog.text

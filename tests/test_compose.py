@@ -23,7 +23,8 @@ KNOWN = {s.name for s in SETTINGS} | {f.metadata["env"] for f in fields(EngineCo
 
 
 def test_the_stack_has_every_service():
-    assert set(COMPOSE["services"]) == {"api", "worker", "flower", "dataset-worker", "redis", "postgres", "vllm"}
+    assert set(COMPOSE["services"]) == {"api", "worker", "flower", "dataset-worker", "redis", "postgres", "vllm",
+                                        "prometheus", "grafana"}
     # vLLM starts only with its profile, on one GPU, serving the adapter under TRIAGE_OPENAI_ADAPTER's name.
     vllm = COMPOSE["services"]["vllm"]
     env = COMPOSE["services"]["worker"]["environment"]
@@ -89,3 +90,48 @@ def test_every_setting_is_set_known_and_documented():
     for setting in INFERENCE_SETTINGS:  # compose shows the defaults (URLs are the deployment's own)
         if setting.default is not None:
             assert setting.parse(str(env[setting.name])) == setting.default, setting.name
+
+
+def test_health_checks_use_the_service_endpoints():
+    from cds_hooks.app import create_app  # noqa: F401 (the routes the checks name exist: tests/test_health.py)
+
+    api = " ".join(COMPOSE["services"]["api"]["healthcheck"]["test"])
+    assert "http://127.0.0.1:8080/ready" in api
+    worker = " ".join(COMPOSE["services"]["worker"]["healthcheck"]["test"])
+    # The node name `triage worker` gives itself by default (celery's %h is the container's hostname).
+    assert "inspect ping -d triage-inference@$$HOSTNAME" in worker
+    assert "/healthcheck" in " ".join(COMPOSE["services"]["flower"]["healthcheck"]["test"])
+    ctx = click.Context(cli)
+    worker_cmd = cli.get_command(ctx, "worker")
+    assert any(o.name == "hostname" and "triage-inference@" in (o.help or "") for o in worker_cmd.params)
+
+
+def test_prometheus_scrapes_the_api_and_flower_and_grafana_has_the_dashboard():
+    import json
+
+    prometheus = yaml.safe_load((ROOT / "deploy" / "prometheus" / "prometheus.yml").read_text())
+    targets = {t for job in prometheus["scrape_configs"] for c in job["static_configs"] for t in c["targets"]}
+    assert targets == {"api:8080", "flower:5555"}
+    mounts = " ".join(COMPOSE["services"]["grafana"]["volumes"])
+    assert "./deploy/grafana/provisioning:" in mounts and "./deploy/grafana/dashboards:" in mounts
+    provider = yaml.safe_load((ROOT / "deploy/grafana/provisioning/dashboards/triage.yml").read_text())
+    assert provider["providers"][0]["options"]["path"] == "/var/lib/grafana/dashboards"
+    dashboard = json.loads((ROOT / "deploy/grafana/dashboards/triage.json").read_text())
+    exprs = " ".join(t["expr"] for p in dashboard["panels"] for t in p["targets"])
+    # Every metric the service exports has a panel, and every triage_ metric a panel names exists.
+    from cds_hooks import metrics
+
+    exported = {"triage_hook_duration_seconds", "triage_cards_total", "triage_acuity_total",
+                "triage_ai_reports_total", "triage_deid_failures_total", "triage_deid_entities_removed_total",
+                "triage_feedback_total", "triage_queue_depth"}
+    for name in exported:
+        assert name in exprs, name
+    import re
+
+    from prometheus_client import REGISTRY
+
+    registered = {m.name for m in REGISTRY.collect() if m.name.startswith("triage_")} | {"triage_queue_depth"}
+    named = {re.sub(r"_(bucket|count|sum)$", "", n) for n in re.findall(r"triage_[a-z_]+", exprs)}
+    assert {n.removesuffix("_total") for n in named} <= {n.removesuffix("_total") for n in registered}, named
+    assert metrics.HOOK_LATENCY is not None
+    assert "flower_" in exprs  # worker metrics from Flower

@@ -206,6 +206,8 @@ INVALID: dict[str, tuple[Any, str]] = {
     "bad outcome": ({"feedback": [_entry(outcome=PHI)]}, "feedback.0.outcome"),
     "missing timestamp": ({"feedback": [_entry(outcomeTimestamp=None)]}, "feedback.0.outcomeTimestamp"),
     "timestamp not a date": ({"feedback": [_entry(outcomeTimestamp=PHI)]}, "feedback.0.outcomeTimestamp"),
+    "timestamp out of range in UTC": ({"feedback": [_entry(outcomeTimestamp="0001-01-01T00:00:00+02:00")]},
+                                      "feedback.0.outcomeTimestamp"),  # was a 500 (OverflowError)
     "timestamp a number": ({"feedback": [_entry(outcomeTimestamp=1607644800)]}, "feedback.0.outcomeTimestamp"),
     "reason without code": (
         {"feedback": [_entry(overrideReason={"reason": {"system": PHI}})]},

@@ -97,3 +97,15 @@ def test_parse_time_of_largest_synthea_bundle() -> None:
     assert resources
     # Generous bound for a shared 2-core machine; measured ~30 ms for the record types.
     assert elapsed < 1.0
+
+
+@pytest.mark.parametrize("rtype", [["Observation"], {"a": 1}, 7, None, True])
+def test_resource_type_that_is_not_a_string_is_skipped(rtype) -> None:
+    # Issue 15: a list or an object as resourceType raised TypeError (unhashable) -> HTTP 500.
+    bundle = {"resourceType": "Bundle", "type": "searchset",
+              "entry": [{"resource": {"resourceType": rtype, "id": "x"}},
+                        {"resource": {"resourceType": "Observation", "status": "final", "code": {"text": "hr"},
+                                      "valueQuantity": {"value": 72}}}]}
+    resources, stats = parse_bundle(bundle)
+    assert [r.get_resource_type() for r in resources] == ["Observation"]
+    assert stats.skipped_by_type == {"<unknown>": 1} and stats.ignored == 0

@@ -28,7 +28,7 @@ def test_render_with_and_without_encounter() -> None:
     rendered = render_prefetch({"patientId": "123"})
     assert rendered["patient"] == "Patient/123"
     assert rendered["vitals"] == "Observation?patient=123&category=vital-signs&_sort=-date"
-    assert rendered["medications"] == "MedicationRequest?patient=123&status=active"
+    assert rendered["medications"] == "MedicationRequest?patient=123&status=active&_include=MedicationRequest:medication"
     assert "encounter" not in rendered
     assert render_prefetch({"patientId": "123", "encounterId": "e9"})["encounter"] == "Encounter/e9"
 

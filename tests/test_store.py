@@ -41,6 +41,9 @@ def store(database_url: str):  # noqa: F811
     s.dispose()
 
 
+HEAD = "0002_hook_audit"  # the latest migration (0002: the hook audit table, cds_hooks/audit.py)
+
+
 def tables(s: Store) -> set[str]:
     return set(sa.inspect(s.engine).get_table_names())
 
@@ -51,22 +54,24 @@ def test_migrations_upgrade_from_empty_downgrade_and_again(database_url: str) ->
         assert s.current_revision() is None
         assert not {"cards", "feedback"} & tables(s)
         s.migrate()
-        assert s.current_revision() == "0001"
-        assert {"cards", "feedback", "alembic_version"} <= tables(s)
+        assert s.current_revision() == HEAD
+        assert {"cards", "feedback", "hook_audit", "alembic_version"} <= tables(s)
         s.migrate()  # already at head: a no-op
-        assert s.current_revision() == "0001"
+        assert s.current_revision() == HEAD
         s.downgrade("base")
         assert s.current_revision() is None
-        assert not {"cards", "feedback"} & tables(s)
+        assert not {"cards", "feedback", "hook_audit"} & tables(s)
         s.migrate()
-        assert {"cards", "feedback"} <= tables(s)
+        assert {"cards", "feedback", "hook_audit"} <= tables(s)
     finally:
         s.dispose()
 
 
 def test_schema_of_migrations_matches_table_definitions(store: Store) -> None:
     insp = sa.inspect(store.engine)
-    for table in (store_mod.cards, store_mod.feedback):
+    from cds_hooks.audit import hook_audit
+
+    for table in (store_mod.cards, store_mod.feedback, hook_audit):
         assert {c["name"] for c in insp.get_columns(table.name)} == {c.name for c in table.columns}
     uniques = insp.get_unique_constraints("feedback")
     assert any(u["column_names"] == ["card_uuid", "outcome", "outcome_timestamp"] for u in uniques)
@@ -234,7 +239,7 @@ def test_concurrent_migrations_do_not_collide(database_url: str) -> None:  # noq
     for t in threads:
         t.join(60)
     assert not errors, errors
-    assert Store(database_url).current_revision() == "0001"
+    assert Store(database_url).current_revision() == HEAD
 
 
 def test_sqlite_runs_in_wal_mode_with_busy_timeout(tmp_path: Path) -> None:
@@ -265,7 +270,7 @@ def test_init_app_defaults_to_sqlite_in_instance_folder(tmp_path: Path) -> None:
         assert get_store(app) is store
         with app.app_context():
             assert get_store() is store
-        assert store.current_revision() == "0001"
+        assert store.current_revision() == HEAD
     finally:
         store.dispose()
 

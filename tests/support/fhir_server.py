@@ -19,7 +19,7 @@ from urllib.parse import urlencode
 from werkzeug.serving import WSGIRequestHandler, make_server
 from werkzeug.wrappers import Request, Response
 
-from fhir_adapter.prefetch import resolve_bundle_references, search_resources, searchset
+from fhir_adapter.prefetch import included_resources, resolve_bundle_references, search_resources, searchset
 
 __all__ = ["ServerUrl", "SeenRequest", "serve_fhir"]
 
@@ -91,7 +91,8 @@ class _App:
         except ValueError:
             return _outcome(400, "invalid", "bad _count or _offset")
         matches = search_resources(self.resources, rtype, params)
-        page = searchset(matches[offset:offset + count], base_url=self.base_url)
+        shown = matches[offset:offset + count]
+        page = searchset(shown, base_url=self.base_url, included=included_resources(self.resources, shown, params))
         page["total"] = len(matches)
         links = [{"relation": "self", "url": f"{self.base_url}/{rtype}?{request.query_string.decode()}"}]
         if offset + count < len(matches):
