@@ -15,12 +15,15 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import math
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+log = logging.getLogger(__name__)
 
 LEVELS = (1, 2, 3, 4, 5)
 AGE_BANDS = (("0-17", 0, 17), ("18-64", 18, 64), ("65+", 65, 200))
@@ -325,8 +328,13 @@ def markdown(report: dict[str, Any]) -> str:
 
 
 def plots(report: dict[str, Any], out_dir: Path) -> list[Path]:
-    """Confusion matrices and under-triage by group, as PNG (matplotlib, no display)."""
-    import matplotlib
+    """Confusion matrices and under-triage by group, as PNG (matplotlib, no display); none, with a
+    warning, where matplotlib is not installed (the `monitor` extra)."""
+    try:
+        import matplotlib
+    except ImportError:
+        log.warning("matplotlib is not installed (pip install 'triage-cds[monitor]'): no PNG plots")
+        return []
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
