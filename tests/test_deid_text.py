@@ -69,7 +69,11 @@ def test_caps_names_need_the_normalised_pass(scrubber):
     with_pass = scrubber.scrub(text).text
     no_pass = TextScrubber(scrubber.analyzer, caps_pass=False).scrub(text).text
     assert "HARGROVE" not in with_pass
-    assert "HARGROVE" in no_pass  # the plain pass misses it: the second pass is what catches it
+    # the relation word now finds it in any case, even without the re-cased pass
+    assert "HARGROVE" not in no_pass
+    # with no context word, only the re-cased pass (NER on "Lucinda Hargrove") finds it
+    bare = "LUCINDA HARGROVE CALLED ABOUT DISCHARGE PLANS."
+    assert "HARGROVE" not in scrubber.scrub(bare).text
 
 
 @pytest.mark.parametrize(
