@@ -7,8 +7,8 @@ same keyed pseudonym the card log holds; never a name, an id or a date). Refused
 400, 412) are rows too: an audit must show attempts, not only successes.
 
 Rows are written after the response is built; a write that fails is logged and does not fail
-the call. Rows older than the retention are deleted by the process that writes, at most once an
-hour, and by `AuditLog.purge`.
+the call. Rows older than the retention are deleted when the app starts, then by the process that
+writes at most once an hour, and by `AuditLog.purge`.
 """
 from __future__ import annotations
 
@@ -67,7 +67,7 @@ class AuditLog:
     def __init__(self, engine: sa.Engine, retention_days: float) -> None:
         self.engine = engine
         self.retention = timedelta(days=retention_days)
-        self._last_purge = 0.0
+        self._last_purge = time.monotonic()  # init_app purges at start; then hourly on writes
         self._lock = threading.Lock()
 
     def record(self, entry: AuditEntry) -> None:
@@ -144,6 +144,10 @@ def init_app(app: Flask) -> AuditLog:
     store = get_store(app)
     audit = AuditLog(store.engine, float(app.config.get("TRIAGE_AUDIT_RETENTION_DAYS") or 365))
     app.extensions[EXTENSION_KEY] = audit
+    try:
+        audit.purge()
+    except Exception as exc:  # noqa: BLE001 - a database that is down at start is /ready's to report
+        log.warning("audit purge at start failed (%s)", type(exc).__name__)
     store.on_cards(_on_cards)
     app.after_request(_audit_response)
     return audit

@@ -156,6 +156,10 @@ def test_retention_deletes_old_rows_only(tmp_path):
         audit.record(AuditEntry(at=now - timedelta(days=days), service_id="triage", status=200, outcome="ok"))
     assert audit.purge(now) == 2
     assert sorted(round((now - r["at"]).total_seconds() / 86400) for r in audit.rows()) == [1, 29]
+    # A new start purges by itself (rows older than the retention never outlive a restart).
+    audit.record(AuditEntry(at=now - timedelta(days=45), service_id="triage", status=200, outcome="ok"))
+    again = make_app(tmp_path, TRIAGE_AUDIT_RETENTION_DAYS=30, TRIAGE_SCRUB_FREE_TEXT=False)
+    assert len(get_audit(again).rows()) == 2
 
 
 def test_an_audit_write_failure_does_not_fail_the_call(tmp_path, caplog, monkeypatch):
