@@ -158,9 +158,17 @@ class _Forward:
         return self.registry.collect()
 
 
+def _multiprocess() -> bool:
+    """The mode prometheus-client chose when it was imported: values live in files only when the
+    folder was set before that (an environment variable set later changes nothing)."""
+    from prometheus_client import values
+
+    return bool(os.environ.get(MULTIPROC_ENV)) and values.ValueClass is not values.MutexValue
+
+
 def scrape_registry(app: Flask) -> CollectorRegistry:
     registry = CollectorRegistry(auto_describe=False)
-    if os.environ.get(MULTIPROC_ENV):
+    if _multiprocess():
         from prometheus_client import multiprocess
 
         multiprocess.MultiProcessCollector(registry)
@@ -198,7 +206,7 @@ def init_app(app: Flask) -> None:
 
 def mark_process_dead(pid: int) -> None:
     """gunicorn `child_exit`: drop a dead worker's live gauges (multiprocess mode)."""
-    if os.environ.get(MULTIPROC_ENV):
+    if _multiprocess():
         from prometheus_client import multiprocess
 
         multiprocess.mark_process_dead(pid)
