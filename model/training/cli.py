@@ -38,6 +38,8 @@ def run_stage(stage: str, argv: list[str]) -> None:
         return
     try:
         config = parse_stage_args(config_class, argv)
+        if getattr(config, "check_dataset", False):
+            _check_datasets(config)
         out = module.train(config)
     except TrainingConfigError as exc:
         _fail(str(exc))
@@ -56,6 +58,27 @@ def run_stage(stage: str, argv: list[str]) -> None:
     width = max(len(k) for k, _ in summary_rows(card))
     click.echo(f"{stage} adapter written to {out}")
     click.echo("\n".join(f"  {k.ljust(width)}  {v}" for k, v in summary_rows(card)))
+
+
+def _check_datasets(config: object) -> None:
+    """`triage dataset check` on each input folder written by `triage dataset build`/`import`
+    (one with a manifest.json); other inputs (feedback and text exports) have their own formats."""
+    from pathlib import Path
+
+    from model.dataset_check import CheckError, check_dataset
+
+    for path in getattr(config, "dataset_path", None) or ():
+        folder = Path(path)
+        if not (folder.is_dir() and (folder / "manifest.json").is_file()):
+            continue
+        try:
+            report = check_dataset(folder, tokenizer_name=getattr(config, "model_name_or_path", None),
+                                   max_tokens=getattr(config, "max_length", None) or 2048)
+        except CheckError as exc:
+            _fail(f"dataset check: {exc}")
+        if not report.passed:
+            click.echo(report.table(), err=True)
+            _fail(f"dataset check failed for {folder} (fix the dataset, or --check_dataset false to train anyway)")
 
 
 @click.group("train")

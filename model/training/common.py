@@ -96,6 +96,12 @@ class RunOptions:
         metadata={"help": "harmony reasoning effort written in each example's system message (as at inference), "
                           "where the example does not set one."},
     )
+    check_dataset: bool = field(
+        default=True,
+        metadata={"help": "Run `triage dataset check` on every dataset folder first (schema-valid targets, leaks, "
+                          "split disjointness, token lengths against max_length with this model's tokenizer) and "
+                          "refuse a folder that fails; false trains anyway."},
+    )
     dataset_manifest: str | None = field(
         default=None,
         metadata={"help": "manifest.json of the training set, hashed into the model card; default: the first dataset "
