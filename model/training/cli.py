@@ -38,7 +38,7 @@ def run_stage(stage: str, argv: list[str]) -> None:
         return
     try:
         config = parse_stage_args(config_class, argv)
-        if getattr(config, "check_dataset", False):
+        if stage == "sft" and getattr(config, "check_dataset", False):  # report targets: what the check validates
             _check_datasets(config)
         out = module.train(config)
     except TrainingConfigError as exc:

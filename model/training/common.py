@@ -98,7 +98,7 @@ class RunOptions:
     )
     check_dataset: bool = field(
         default=True,
-        metadata={"help": "Run `triage dataset check` on every dataset folder first (schema-valid targets, leaks, "
+        metadata={"help": "SFT: run `triage dataset check` on every built dataset folder first (schema-valid targets, leaks, "
                           "split disjointness, token lengths against max_length with this model's tokenizer) and "
                           "refuse a folder that fails; false trains anyway."},
     )
