@@ -253,7 +253,7 @@ def test_keyboard_only_open_a_chart_and_override_with_a_reason(browser, page, tm
 def test_upload_a_bundle_and_accept(browser, page, tmp_path):
     app = sandbox_app(tmp_path)
     bundle_file = tmp_path / "patient.json"
-    bundle_file.write_text(json.dumps(load(uscore_paths()[1])))
+    bundle_file.write_text(json.dumps(load(uscore_paths()[0])))  # patient 355: has a heart rate to show
     with LiveServer(app) as live:
         page.goto(live.url + "/sandbox")
         page.wait_for_function("document.querySelectorAll('#source option').length > 4")

@@ -56,10 +56,14 @@ async function loadPatients() {
   await loadDefaults();
 }
 
+let defaultsRequest = 0;  // only the newest request fills the form (a slower, older one never overwrites it)
+
 async function loadDefaults() {
   const source = $("source").value;
+  const mine = ++defaultsRequest;
   try {
     const data = await postJson("/sandbox/api/defaults", { source, bundle: source === "upload" ? uploaded : undefined });
+    if (mine !== defaultsRequest) return;
     for (const name of VITALS) $(name).value = data.vitals[name] ?? "";
     $("complaint").value = data.complaint || "";
     status("");
