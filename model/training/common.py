@@ -349,6 +349,18 @@ def manifest_path(opts: RunOptions) -> Path | None:
 # --- saving -------------------------------------------------------------------------------------
 
 
+def run_trainer(trainer_class: Any, config: Any, datasets: tuple[Any, Any], *, stage: str,
+                extra_counts: dict[str, int] | None = None) -> Path:
+    """One stage's run: base model + LoRA, TRL's trainer for the stage, train, write the release."""
+    train_ds, eval_ds = datasets
+    model, peft_config = model_and_peft(config)
+    trainer = trainer_class(model=model, args=config, train_dataset=train_ds, eval_dataset=eval_ds,
+                            processing_class=load_tokenizer(config), peft_config=peft_config)
+    trainer.train()
+    counts = {"train": len(train_ds), "eval": len(eval_ds) if eval_ds is not None else 0, **(extra_counts or {})}
+    return finish(trainer, config, stage=stage, dataset_counts=counts)
+
+
 def finish(trainer: Any, config: Any, *, stage: str, dataset_counts: dict[str, int]) -> Path:
     """Save the adapter, the resolved config and the model card into `config.output_dir`."""
     from model.training.card import write_card

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from trl import SFTConfig, SFTTrainer
 
-from model.training.common import RunOptions, finish, load_tokenizer, model_and_peft
+from model.training.common import RunOptions, run_trainer
 from model.training.data import text_datasets
 
 
@@ -28,16 +28,4 @@ class CptRunConfig(RunOptions, SFTConfig):
 
 
 def train(config: CptRunConfig) -> Path:
-    train_ds, eval_ds = text_datasets(config)
-    model, peft_config = model_and_peft(config)
-    trainer = SFTTrainer(
-        model=model,
-        args=config,
-        train_dataset=train_ds,
-        eval_dataset=eval_ds,
-        processing_class=load_tokenizer(config),
-        peft_config=peft_config,
-    )
-    trainer.train()
-    counts = {"train": len(train_ds), "eval": len(eval_ds) if eval_ds is not None else 0}
-    return finish(trainer, config, stage="cpt", dataset_counts=counts)
+    return run_trainer(SFTTrainer, config, text_datasets(config), stage="cpt")

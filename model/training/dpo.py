@@ -11,7 +11,7 @@ from pathlib import Path
 
 from trl import DPOConfig, DPOTrainer
 
-from model.training.common import RunOptions, finish, load_tokenizer, model_and_peft
+from model.training.common import RunOptions, run_trainer
 from model.training.data import dpo_datasets
 
 
@@ -24,16 +24,4 @@ class DpoRunConfig(RunOptions, DPOConfig):
 
 
 def train(config: DpoRunConfig) -> Path:
-    train_ds, eval_ds = dpo_datasets(config)
-    model, peft_config = model_and_peft(config)
-    trainer = DPOTrainer(
-        model=model,
-        args=config,
-        train_dataset=train_ds,
-        eval_dataset=eval_ds,
-        processing_class=load_tokenizer(config),
-        peft_config=peft_config,
-    )
-    trainer.train()
-    counts = {"train": len(train_ds), "eval": len(eval_ds) if eval_ds is not None else 0}
-    return finish(trainer, config, stage="dpo", dataset_counts=counts)
+    return run_trainer(DPOTrainer, config, dpo_datasets(config), stage="dpo")

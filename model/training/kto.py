@@ -7,7 +7,7 @@ from pathlib import Path
 
 from trl import KTOConfig, KTOTrainer
 
-from model.training.common import RunOptions, finish, load_tokenizer, model_and_peft
+from model.training.common import RunOptions, run_trainer
 from model.training.data import kto_datasets
 
 
@@ -20,17 +20,6 @@ class KtoRunConfig(RunOptions, KTOConfig):
 
 def train(config: KtoRunConfig) -> Path:
     train_ds, eval_ds = kto_datasets(config)
-    model, peft_config = model_and_peft(config)
-    trainer = KTOTrainer(
-        model=model,
-        args=config,
-        train_dataset=train_ds,
-        eval_dataset=eval_ds,
-        processing_class=load_tokenizer(config),
-        peft_config=peft_config,
-    )
-    trainer.train()
-    counts = {"train": len(train_ds), "eval": len(eval_ds) if eval_ds is not None else 0,
-              "desirable": sum(bool(x) for x in train_ds["label"])}
-    counts["undesirable"] = counts["train"] - counts["desirable"]
-    return finish(trainer, config, stage="kto", dataset_counts=counts)
+    desirable = sum(bool(x) for x in train_ds["label"])
+    return run_trainer(KTOTrainer, config, (train_ds, eval_ds), stage="kto",
+                       extra_counts={"desirable": desirable, "undesirable": len(train_ds) - desirable})
