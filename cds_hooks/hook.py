@@ -104,7 +104,9 @@ _WARM_UP = {
         "resourceType": "MedicationRequest", "id": "warm-up-m", "status": "active", "intent": "order",
         "subject": {"reference": "Patient/warm-up"}, "medicationCodeableConcept": {"text": "Aspirin"}}}]},
     "encounter": {"resourceType": "Encounter", "id": "warm-up-e", "status": "in-progress",
-                  "class": {"code": "EMER"}, "subject": {"reference": "Patient/warm-up"}},
+                  "class": {"code": "EMER"}, "subject": {"reference": "Patient/warm-up"},
+                  # A misspelled complaint: the ESI tables and the spell checker load here, not on a real call.
+                  "reasonCode": [{"text": "abdominla pain"}]},
 }
 
 
